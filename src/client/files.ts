@@ -1,0 +1,43 @@
+import { mkdir, open } from 'node:fs/promises'
+import path from 'node:path'
+
+/** Where received attachments go. The engine calls it; the driver decides where that is. */
+export interface FileSink {
+  /** Save durably and return the path (or a name, for in-memory sinks). */
+  save(id: string, name: string, data: Uint8Array): Promise<string>
+}
+
+/** A file name from a stranger, made safe: no directories, no control characters, no dot-files. */
+export function safeFileName(name: string): string {
+  const base = name.split(/[\\/]/).pop() ?? ''
+  const clean = base.replace(/[\u0000-\u001f\u007f]/g, '').replace(/^\.+/, '').trim().slice(0, 200)
+  return clean.length > 0 ? clean : 'attachment'
+}
+
+export class DiskFileSink implements FileSink {
+  constructor(private readonly dir: string) {}
+
+  async save(id: string, name: string, data: Uint8Array): Promise<string> {
+    const folder = path.join(this.dir, id.slice(0, 16))
+    await mkdir(folder, { recursive: true, mode: 0o700 })
+    const file = path.join(folder, safeFileName(name))
+    const fh = await open(file, 'w', 0o600)
+    try {
+      await fh.writeFile(data)
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+    return file
+  }
+}
+
+export class MemoryFileSink implements FileSink {
+  readonly files = new Map<string, Uint8Array>()
+
+  async save(id: string, name: string, data: Uint8Array): Promise<string> {
+    const key = `${id.slice(0, 16)}/${safeFileName(name)}`
+    this.files.set(key, data)
+    return key
+  }
+}

@@ -1,0 +1,581 @@
+/**
+ * The client's sync engine for one relay connection.
+ *
+ * Theory of operation. The engine is a state machine with no I/O of its
+ * own: the driver feeds it frames (`receive`) and link loss (`closed`), and
+ * it writes frames to the `Link` it was given, reads time from `env.clock`
+ * and arms one periodic tick on `env.timers`. Two pipelines share the link:
+ *
+ *   upload:   outbox → PUT chunks (window of bytes in flight) → STORED/HAVE
+ *             → outbox marks the relay as holding the envelope.
+ *             Multi-chunk envelopes start with QUERY, so after any break
+ *             only the chunks the relay lacks are sent again.
+ *   download: LIST → INDEX → GET missing chunks (window of chunks) → CHUNK,
+ *             persisted as they come → verify + decrypt → one fsynced batch
+ *             (inbox item + receipt in the outbox) → DONE → LIST again.
+ *
+ * Every request is idempotent and re-sent when unanswered for
+ * RESEND_AFTER_MS; acks state what the relay holds, not what changed, so a
+ * lost or duplicated ack changes nothing. Frames are handled one at a time
+ * in arrival order (a promise chain), so store reads and writes never
+ * interleave within a session; sessions to several relays share the stores
+ * and take a per-id lock while finishing a download.
+ */
+import { toHex, fromHex } from '../protocol/bytes.js'
+import type { Env, Link, TimerHandle } from '../protocol/env.js'
+import { Kind, MAX_ENVELOPE_BYTES, open, Priority } from '../protocol/envelope.js'
+import { ChaparError, ErrorCode, ProtocolError } from '../protocol/errors.js'
+import { formatAddress } from '../protocol/address.js'
+import {
+  CHUNK_BYTES,
+  chunkCount,
+  chunkLength,
+  decodeFrame,
+  encodeFrame,
+  type Frame,
+  FrameType,
+  type IndexEntry,
+  MAX_IDS_PER_FRAME,
+  PROTOCOL_VERSION,
+} from '../protocol/frames.js'
+import { messageId } from '../protocol/hash.js'
+import { type Ranges, rangesFromIndices } from '../protocol/ranges.js'
+import { sign } from '../protocol/signature.js'
+import { concat, equal } from '../protocol/bytes.js'
+import { AUTH_DOMAIN } from '../protocol/auth.js'
+import type { Inbox, InboxItem } from '../queue/inbox.js'
+import type { Outbox, OutboxRecord } from '../queue/outbox.js'
+import { compose } from './compose.js'
+import type { FileSink } from './files.js'
+import type { Identity } from './identity.js'
+
+export const HELLO_TIMEOUT_MS = 20_000
+/** With requests outstanding and no frame at all for this long, the connection is taken as dead. */
+export const IDLE_TIMEOUT_MS = 45_000
+export const RESEND_AFTER_MS = 15_000
+export const TICK_MS = 1_000
+export const UPLOAD_WINDOW_BYTES = 1024 * 1024
+export const DOWNLOAD_WINDOW_CHUNKS = 16
+export const LIST_MAX = 256
+export const POLL_INTERVAL_MS = 10_000
+const DEFER_MS = 500
+/** A receipt outlives the report it answers by at least this much. */
+export const RECEIPT_MIN_TTL_MS = 24 * 3600_000
+
+
+export type SyncEvent =
+  | { type: 'connected'; relay: string }
+  | { type: 'accepted'; relay: string; ids: string[] }
+  | { type: 'progress'; relay: string; id: string; done: number; total: number; direction: 'up' | 'down' }
+  | { type: 'received'; relay: string; id: string; as: 'report' | 'receipt' | 'quarantined' | 'duplicate' }
+  | { type: 'delivered'; ids: string[] }
+  | { type: 'rejected'; relay: string; id: string; code: string; message: string }
+  | { type: 'drained'; relay: string }
+
+export interface ClientContext {
+  me: Identity
+  outbox: Outbox
+  inbox: Inbox
+  files: FileSink
+  env: Env
+  /** Ids being finished by some session right now (shared by the sessions of one sync). */
+  locks: Set<string>
+  verify?: (message: Uint8Array, signature: Uint8Array, publicKey: Uint8Array) => boolean
+  onEvent?: (e: SyncEvent) => void
+}
+
+export interface SessionOptions {
+  /** Finish once nothing is left to upload and the mailbox is drained; otherwise keep polling until stopped. */
+  untilEmpty: boolean
+}
+
+export interface SessionResult {
+  uploaded: number
+  received: number
+  rejected: Array<{ id: string; code: string; message: string }>
+}
+
+interface Upload {
+  rec: OutboxRecord
+  envelope: Uint8Array
+  chunks: number
+  /** Chunks the relay reported holding. */
+  acked: Set<number>
+  /** Chunks sent and not yet acked, with when they were sent. */
+  sent: Map<number, number>
+  /** A QUERY is outstanding (multi-chunk envelopes ask before sending). */
+  queriedAt: number | undefined
+}
+
+interface Download {
+  id: Uint8Array
+  hex: string
+  size: number
+  chunks: number
+  expiresAt: number
+  have: Set<number>
+  requested: Map<number, number>
+  finishing: boolean
+}
+
+export class SyncSession {
+  readonly done: Promise<SessionResult>
+  private resolveDone!: (r: SessionResult) => void
+  private rejectDone!: (e: unknown) => void
+  private finished = false
+  private chain: Promise<void> = Promise.resolve()
+  private tick: TimerHandle | undefined
+  private readonly startedAt: number
+  private lastFrameAt: number
+  private helloSeen = false
+  private authed = false
+  private maxEnvelope = MAX_ENVELOPE_BYTES
+
+  private readonly uploads = new Map<string, Upload>()
+  private queue: OutboxRecord[] = []
+  private readonly skip = new Set<string>()
+  private needScan = true
+  private uploadsIdle = false
+
+  private readonly downloads = new Map<string, Download>()
+  private listSentAt: number | undefined
+  private nextListAt: number | undefined
+  private drained = false
+  private doneIds: Uint8Array[] = []
+  private deferred = false
+  private lastScanAt = 0
+
+  private readonly result: SessionResult = { uploaded: 0, received: 0, rejected: [] }
+
+  constructor(
+    private readonly ctx: ClientContext,
+    readonly relay: string,
+    private readonly link: Link,
+    private readonly options: SessionOptions,
+  ) {
+    this.done = new Promise((resolve, reject) => {
+      this.resolveDone = resolve
+      this.rejectDone = reject
+    })
+    // Callers may only await `done` after other work; never let a rejection go unhandled meanwhile.
+    this.done.catch(() => {})
+    this.startedAt = this.now()
+    this.lastFrameAt = this.startedAt
+    this.arm()
+  }
+
+  /** Did the relay ever answer on this connection? (The driver resets its backoff if so.) */
+  get connectedOnce(): boolean {
+    return this.helloSeen
+  }
+
+  private now(): number {
+    return this.ctx.env.clock.now()
+  }
+
+  private emit(e: SyncEvent): void {
+    this.ctx.onEvent?.(e)
+  }
+
+  private send(f: Frame): void {
+    if (!this.finished) this.link.send(encodeFrame(f))
+  }
+
+  private arm(): void {
+    this.tick = this.ctx.env.timers.setTimeout(() => {
+      this.tick = undefined
+      this.enqueue(() => this.onTick())
+      if (!this.finished) this.arm()
+    }, TICK_MS)
+  }
+
+  /** Feed one frame from the link. */
+  receive(bytes: Uint8Array): void {
+    if (this.finished) return
+    this.lastFrameAt = this.now()
+    let frame: Frame
+    try {
+      frame = decodeFrame(bytes, this.maxEnvelope)
+    } catch (err) {
+      this.fail(err)
+      return
+    }
+    this.enqueue(() => this.handle(frame))
+  }
+
+  /** The driver lost the link. */
+  closed(reason = 'connection closed'): void {
+    this.fail(new ChaparError(ErrorCode.DISCONNECTED, reason))
+  }
+
+  /** Stop cleanly (continuous mode): resolves `done` with what was achieved. */
+  stop(): void {
+    this.finish()
+  }
+
+  private enqueue(step: () => Promise<void> | void): void {
+    this.chain = this.chain
+      .then(async () => {
+        if (!this.finished) await step()
+      })
+      .catch((err) => this.fail(err))
+  }
+
+  private fail(err: unknown): void {
+    if (this.finished) return
+    this.finished = true
+    if (this.tick !== undefined) this.ctx.env.timers.clearTimeout(this.tick)
+    this.link.close(err instanceof Error ? err.message : String(err))
+    this.rejectDone(err)
+  }
+
+  private finish(): void {
+    if (this.finished) return
+    this.finished = true
+    if (this.tick !== undefined) this.ctx.env.timers.clearTimeout(this.tick)
+    this.link.close('done')
+    this.resolveDone(this.result)
+  }
+
+  private async handle(f: Frame): Promise<void> {
+    switch (f.type) {
+      case FrameType.HELLO:
+        return this.onHello(f)
+      case FrameType.AUTH_OK:
+        if (!equal(f.mailbox, this.ctx.me.mailbox)) throw new ProtocolError(ErrorCode.BAD_FRAME, 'relay confirmed the wrong mailbox')
+        this.authed = true
+        this.sendList()
+        return
+      case FrameType.STORED:
+        return this.onStored(f.ids)
+      case FrameType.HAVE:
+        return this.onHave(toHex(f.id), f.have)
+      case FrameType.INDEX:
+        return this.onIndex(f.entries, f.more)
+      case FrameType.CHUNK:
+        return this.onChunk(f)
+      case FrameType.ERROR:
+        return this.onError(f)
+      default:
+        throw new ProtocolError(ErrorCode.BAD_FRAME, `unexpected frame 0x${f.type.toString(16)} from relay`)
+    }
+  }
+
+  private async onHello(f: Extract<Frame, { type: typeof FrameType.HELLO }>): Promise<void> {
+    if (f.version !== PROTOCOL_VERSION) throw new ProtocolError(ErrorCode.BAD_FRAME, `relay speaks protocol v${f.version}, this client v${PROTOCOL_VERSION}`)
+    if (this.helloSeen) return
+    this.helloSeen = true
+    this.maxEnvelope = Math.min(MAX_ENVELOPE_BYTES, f.maxEnvelope)
+    this.emit({ type: 'connected', relay: this.relay })
+    const signature = sign(concat([AUTH_DOMAIN, f.challenge]), this.ctx.me.signSecretKey)
+    this.send({ type: FrameType.AUTH, signPublicKey: this.ctx.me.address.signPublicKey, signature })
+    await this.pumpUploads()
+  }
+
+  // ---- upload ----------------------------------------------------------
+
+  private inFlightBytes(): number {
+    let n = 0
+    for (const u of this.uploads.values()) for (const i of u.sent.keys()) n += chunkLength(u.envelope.length, i)
+    return n
+  }
+
+  private async pumpUploads(): Promise<void> {
+    if (!this.helloSeen) return
+    if (this.needScan && this.queue.length === 0) {
+      this.needScan = false
+      const pending = await this.ctx.outbox.pendingFor(this.relay, this.now())
+      this.queue = pending.filter((r) => !this.uploads.has(r.id) && !this.skip.has(r.id))
+    }
+    let budget = UPLOAD_WINDOW_BYTES - this.inFlightBytes()
+    // Keep sending the chunks of envelopes already started before opening new ones.
+    for (const u of this.uploads.values()) budget = this.sendChunks(u, budget)
+    while (budget > 0 && this.queue.length > 0) {
+      const rec = this.queue.shift()!
+      if (this.uploads.has(rec.id) || this.skip.has(rec.id)) continue
+      const envelope = await this.ctx.outbox.envelope(rec.id)
+      if (!envelope) continue // delivered or expired meanwhile
+      const u: Upload = { rec, envelope, chunks: chunkCount(envelope.length), acked: new Set(), sent: new Map(), queriedAt: undefined }
+      this.uploads.set(rec.id, u)
+      if (u.chunks > 1) {
+        u.queriedAt = this.now()
+        this.send({ type: FrameType.QUERY, ids: [fromHex(rec.id)] })
+        budget -= CHUNK_BYTES // a QUERY reserves room for its first chunks
+      } else {
+        budget = this.sendChunks(u, budget)
+      }
+    }
+    this.uploadsIdle = this.uploads.size === 0 && this.queue.length === 0 && !this.needScan
+    this.checkComplete()
+  }
+
+  private sendChunks(u: Upload, budget: number): number {
+    if (u.queriedAt !== undefined) return budget
+    for (let i = 0; i < u.chunks && budget > 0; i++) {
+      if (u.acked.has(i) || u.sent.has(i)) continue
+      this.sendChunk(u, i)
+      budget -= chunkLength(u.envelope.length, i)
+    }
+    return budget
+  }
+
+  private sendChunk(u: Upload, i: number): void {
+    const start = i * CHUNK_BYTES
+    u.sent.set(i, this.now())
+    this.send({
+      type: FrameType.PUT,
+      id: fromHex(u.rec.id),
+      mailbox: fromHex(u.rec.mailbox),
+      expiresAt: u.rec.expires_at,
+      size: u.envelope.length,
+      index: i,
+      data: u.envelope.subarray(start, start + chunkLength(u.envelope.length, i)),
+    })
+  }
+
+  private async onStored(idBytes: Uint8Array[]): Promise<void> {
+    const ids = idBytes.map(toHex)
+    const mine = ids.filter((id) => this.uploads.has(id))
+    for (const id of mine) this.uploads.delete(id)
+    if (mine.length > 0) {
+      await this.ctx.outbox.markAccepted(mine, this.relay, this.now())
+      this.result.uploaded += mine.length
+      this.emit({ type: 'accepted', relay: this.relay, ids: mine })
+    }
+    await this.pumpUploads()
+  }
+
+  private async onHave(id: string, have: Ranges): Promise<void> {
+    const u = this.uploads.get(id)
+    if (!u) return
+    u.queriedAt = undefined
+    for (const [a, b] of have) for (let i = a; i < b; i++) {
+      u.acked.add(i)
+      u.sent.delete(i)
+    }
+    this.emit({ type: 'progress', relay: this.relay, id, done: u.acked.size, total: u.chunks, direction: 'up' })
+    await this.pumpUploads()
+  }
+
+  private async onError(f: Extract<Frame, { type: typeof FrameType.ERROR }>): Promise<void> {
+    if (f.code === ErrorCode.RETRY_LATER || !f.id) {
+      throw new ChaparError(f.code, `relay ${this.relay} refused: ${f.message}`)
+    }
+    const id = toHex(f.id)
+    if (this.uploads.delete(id)) {
+      this.skip.add(id)
+      this.result.rejected.push({ id, code: f.code, message: f.message })
+      this.emit({ type: 'rejected', relay: this.relay, id, code: f.code, message: f.message })
+      await this.pumpUploads()
+      return
+    }
+    const d = this.downloads.get(id)
+    if (d) {
+      // The relay no longer has it (expired or deleted meanwhile): forget it and relist.
+      this.downloads.delete(id)
+      if (this.downloads.size === 0) this.afterBatch()
+    }
+  }
+
+  // ---- download --------------------------------------------------------
+
+  private sendList(): void {
+    this.listSentAt = this.now()
+    this.nextListAt = undefined
+    this.send({ type: FrameType.LIST, max: LIST_MAX })
+  }
+
+  private async onIndex(entries: IndexEntry[], more: boolean): Promise<void> {
+    if (this.listSentAt === undefined) return // a duplicate INDEX
+    this.listSentAt = undefined
+    if (entries.length === 0 && !more) {
+      this.drained = true
+      this.emit({ type: 'drained', relay: this.relay })
+      if (!this.options.untilEmpty) this.nextListAt = this.now() + POLL_INTERVAL_MS
+      this.checkComplete()
+      return
+    }
+    this.drained = false
+    for (const e of entries) {
+      const hex = toHex(e.id)
+      if (this.downloads.has(hex)) continue
+      if (e.size > this.maxEnvelope || e.size === 0) {
+        // Nothing sane can be done with it; leave it on the relay for its TTL and say so.
+        this.result.rejected.push({ id: hex, code: ErrorCode.TOO_LARGE, message: `mailbox entry of ${e.size} bytes` })
+        continue
+      }
+      if (this.ctx.locks.has(hex)) {
+        this.deferred = true // another session is storing it right now; look again shortly
+        continue
+      }
+      if (await this.ctx.inbox.has(hex)) {
+        this.doneIds.push(e.id.slice())
+        this.emit({ type: 'received', relay: this.relay, id: hex, as: 'duplicate' })
+        continue
+      }
+      const chunks = chunkCount(e.size)
+      const have = new Set(chunks > 1 ? await this.ctx.inbox.chunksHeld(hex) : [])
+      this.downloads.set(hex, { id: e.id.slice(), hex, size: e.size, chunks, expiresAt: e.expiresAt, have, requested: new Map(), finishing: false })
+    }
+    if (this.downloads.size === 0) this.afterBatch()
+    else this.pumpDownloads()
+  }
+
+  private pumpDownloads(): void {
+    let inFlight = 0
+    for (const d of this.downloads.values()) inFlight += d.requested.size
+    for (const d of this.downloads.values()) {
+      if (inFlight >= DOWNLOAD_WINDOW_CHUNKS) break
+      const want: number[] = []
+      for (let i = 0; i < d.chunks && inFlight < DOWNLOAD_WINDOW_CHUNKS; i++) {
+        if (d.have.has(i) || d.requested.has(i)) continue
+        want.push(i)
+        d.requested.set(i, this.now())
+        inFlight++
+      }
+      if (want.length > 0) this.send({ type: FrameType.GET, id: d.id, want: rangesFromIndices(want) })
+    }
+  }
+
+  private async onChunk(f: Extract<Frame, { type: typeof FrameType.CHUNK }>): Promise<void> {
+    const hex = toHex(f.id)
+    const d = this.downloads.get(hex)
+    if (!d || d.finishing || d.have.has(f.index)) return
+    if (f.size !== d.size) throw new ProtocolError(ErrorCode.BAD_FRAME, 'chunk size disagrees with the mailbox index')
+    d.requested.delete(f.index)
+    if (d.chunks === 1) {
+      d.have.add(0)
+      await this.finishDownload(d, f.data)
+    } else {
+      await this.ctx.inbox.putChunk(hex, d.size, d.chunks, f.index, f.data.slice())
+      d.have.add(f.index)
+      this.emit({ type: 'progress', relay: this.relay, id: hex, done: d.have.size, total: d.chunks, direction: 'down' })
+      if (d.have.size === d.chunks) await this.finishDownload(d, await this.ctx.inbox.assemble(hex, d.size))
+    }
+    if (this.downloads.size === 0) this.afterBatch()
+    else this.pumpDownloads()
+  }
+
+  /** Verify, decrypt, store (with its receipt) in one fsynced batch, then DONE. */
+  private async finishDownload(d: Download, envelope: Uint8Array): Promise<void> {
+    d.finishing = true
+    if (this.ctx.locks.has(d.hex)) {
+      this.downloads.delete(d.hex)
+      return // another session is finishing the same message; the next LIST will DONE it
+    }
+    this.ctx.locks.add(d.hex)
+    try {
+      if (await this.ctx.inbox.has(d.hex)) {
+        this.emit({ type: 'received', relay: this.relay, id: d.hex, as: 'duplicate' })
+      } else {
+        await this.store(d, envelope)
+      }
+      this.doneIds.push(d.id)
+      this.downloads.delete(d.hex)
+    } finally {
+      this.ctx.locks.delete(d.hex)
+    }
+  }
+
+  private async store(d: Download, envelope: Uint8Array): Promise<void> {
+    const now = this.now()
+    const { inbox, outbox, me } = this.ctx
+    const quarantine = async (code: string, reason: string): Promise<void> => {
+      await inbox.apply(await inbox.quarantineOps({ id: d.hex, code, reason, received_at: now, bytes: envelope.length }))
+      this.emit({ type: 'received', relay: this.relay, id: d.hex, as: 'quarantined' })
+    }
+    if (!equal(messageId(envelope), d.id)) return quarantine(ErrorCode.BAD_ENVELOPE, 'envelope does not hash to its id')
+    let opened
+    try {
+      opened = open(envelope, { address: me.address, boxSecretKey: me.boxSecretKey }, this.ctx.verify)
+    } catch (err) {
+      if (err instanceof ChaparError) return quarantine(err.code, err.message)
+      throw err
+    }
+    const from = formatAddress(opened.from)
+    if (opened.content.kind === Kind.receipt) {
+      const { ops, delivered } = await outbox.deliveredOps(opened.content.ids.map(toHex), from, now)
+      await inbox.apply([...ops, ...(await inbox.receiptOps(d.hex, from, now))])
+      this.emit({ type: 'received', relay: this.relay, id: d.hex, as: 'receipt' })
+      if (delivered.length > 0) this.emit({ type: 'delivered', ids: delivered })
+      return
+    }
+    const c = opened.content
+    const item: InboxItem = {
+      id: d.hex,
+      from,
+      created_at: opened.createdAt,
+      received_at: now,
+      priority: opened.priority,
+      bytes: envelope.length,
+      ...(c.text !== undefined ? { text: c.text } : {}),
+    }
+    if (c.file) {
+      item.file = await this.ctx.files.save(d.hex, c.file.name, c.file.data)
+      item.file_name = c.file.name
+      item.file_bytes = c.file.data.length
+    }
+    const receipt = compose({
+      outbox,
+      me,
+      to: opened.from,
+      content: { kind: Kind.receipt, ids: [d.id] },
+      now,
+      ttlMs: Math.max(opened.header.expiresAt - now, RECEIPT_MIN_TTL_MS),
+      priority: Priority.urgent,
+      randomBytes: this.ctx.env.randomBytes,
+    })
+    await inbox.apply([...(await inbox.itemOps(item)), ...receipt.ops])
+    this.result.received++
+    this.needScan = true
+    this.uploadsIdle = false
+    this.emit({ type: 'received', relay: this.relay, id: d.hex, as: 'report' })
+  }
+
+  /** A listing is fully handled: tell the relay what we hold, then ask for more. */
+  private afterBatch(): void {
+    while (this.doneIds.length > 0) this.send({ type: FrameType.DONE, ids: this.doneIds.splice(0, MAX_IDS_PER_FRAME) })
+    if (this.authed && this.listSentAt === undefined) {
+      if (this.deferred) this.nextListAt = this.now() + DEFER_MS
+      else this.sendList()
+    }
+    this.deferred = false
+    this.enqueue(() => this.pumpUploads())
+  }
+
+  // ---- time ------------------------------------------------------------
+
+  private async onTick(): Promise<void> {
+    const now = this.now()
+    if (!this.helloSeen && now - this.startedAt > HELLO_TIMEOUT_MS) {
+      throw new ChaparError(ErrorCode.TIMEOUT, `no HELLO from ${this.relay} in ${HELLO_TIMEOUT_MS / 1000}s`)
+    }
+    const outstanding = this.uploads.size > 0 || this.downloads.size > 0 || this.listSentAt !== undefined
+    if (outstanding && now - this.lastFrameAt > IDLE_TIMEOUT_MS) {
+      throw new ChaparError(ErrorCode.TIMEOUT, `no answer from ${this.relay} in ${IDLE_TIMEOUT_MS / 1000}s`)
+    }
+    for (const u of this.uploads.values()) {
+      if (u.queriedAt !== undefined && now - u.queriedAt > RESEND_AFTER_MS) {
+        u.queriedAt = now
+        this.send({ type: FrameType.QUERY, ids: [fromHex(u.rec.id)] })
+      }
+      for (const [i, at] of u.sent) if (now - at > RESEND_AFTER_MS) this.sendChunk(u, i)
+    }
+    for (const d of this.downloads.values()) for (const [i, at] of d.requested) if (now - at > RESEND_AFTER_MS) d.requested.delete(i)
+    if (this.downloads.size > 0) this.pumpDownloads()
+    if (this.listSentAt !== undefined && now - this.listSentAt > RESEND_AFTER_MS) this.sendList()
+    if (this.authed && this.nextListAt !== undefined && now >= this.nextListAt) this.sendList()
+    if (!this.options.untilEmpty && this.uploadsIdle && now - this.lastScanAt > POLL_INTERVAL_MS) {
+      this.lastScanAt = now
+      this.needScan = true
+      await this.pumpUploads()
+    }
+  }
+
+  private checkComplete(): void {
+    if (!this.options.untilEmpty || this.finished) return
+    if (this.authed && this.drained && this.uploadsIdle && this.downloads.size === 0 && this.doneIds.length === 0 && this.listSentAt === undefined) {
+      this.finish()
+    }
+  }
+}

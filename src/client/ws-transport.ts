@@ -1,0 +1,93 @@
+/** The WebSocket transport on the client side: a Link over `ws`, with strict limits and a heartbeat. */
+import WebSocket from 'ws'
+import { ChaparError, ErrorCode, InputError } from '../protocol/errors.js'
+import { MAX_FRAME_BYTES } from '../protocol/frames.js'
+import type { Link } from '../protocol/env.js'
+
+export const CONNECT_TIMEOUT_MS = 20_000
+export const HEARTBEAT_MS = 15_000
+
+/** Accept ws:// and wss:// URLs only; one-line error otherwise. */
+export function parseRelayUrl(s: string): string {
+  let u: URL
+  try {
+    u = new URL(s)
+  } catch {
+    throw new InputError(`relay "${s}" is not a URL; expected ws://host:port or wss://host:port`)
+  }
+  if (u.protocol !== 'ws:' && u.protocol !== 'wss:') throw new InputError(`relay "${s}" must be a ws:// or wss:// URL`)
+  return u.toString().replace(/\/$/, '')
+}
+
+export interface WsConnection {
+  link: Link
+  onFrame(fn: (frame: Uint8Array) => void): void
+  onClose(fn: (reason: string) => void): void
+}
+
+/** Open a connection; rejects with a ChaparError(DISCONNECTED/TIMEOUT) if it cannot. */
+export function connectWs(url: string, timeoutMs = CONNECT_TIMEOUT_MS): Promise<WsConnection> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: MAX_FRAME_BYTES, handshakeTimeout: timeoutMs })
+    ws.binaryType = 'nodebuffer'
+    // Frames can arrive in the same read as the upgrade response, before the
+    // caller has attached its handler: hold them until it does.
+    const early: Uint8Array[] = []
+    let frameFn: (f: Uint8Array) => void = (f) => early.push(f)
+    let closeFn: (r: string) => void = () => {}
+    let alive = true
+    let closedReason: string | undefined
+    const heartbeat = setInterval(() => {
+      if (!alive) {
+        ws.terminate()
+        return
+      }
+      alive = false
+      ws.ping()
+    }, HEARTBEAT_MS)
+    heartbeat.unref()
+    ws.on('pong', () => {
+      alive = true
+    })
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      alive = true
+      if (!isBinary) {
+        ws.terminate()
+        return
+      }
+      frameFn(new Uint8Array(data.buffer, data.byteOffset, data.byteLength))
+    })
+    const finish = (reason: string): void => {
+      clearInterval(heartbeat)
+      if (closedReason !== undefined) return
+      closedReason = reason
+      closeFn(reason)
+    }
+    ws.on('close', (code, reason) => finish(`closed (${code}${reason.length ? ' ' + reason.toString() : ''})`))
+    ws.on('error', (err) => {
+      finish(err.message)
+      reject(new ChaparError(ErrorCode.DISCONNECTED, `cannot reach ${url}: ${err.message}`, { cause: err }))
+    })
+    ws.on('open', () => {
+      resolve({
+        link: {
+          send: (frame) => {
+            if (ws.readyState === WebSocket.OPEN) ws.send(frame, { binary: true })
+          },
+          close: (reason) => {
+            if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(1000, (reason ?? '').slice(0, 100))
+            setTimeout(() => ws.terminate(), 1000).unref()
+          },
+        },
+        onFrame: (fn) => {
+          frameFn = fn
+          for (const f of early.splice(0)) fn(f)
+        },
+        onClose: (fn) => {
+          closeFn = fn
+          if (closedReason !== undefined) fn(closedReason)
+        },
+      })
+    })
+  })
+}

@@ -1,0 +1,186 @@
+/**
+ * Envelope: the sealed, signed unit a relay stores and forwards.
+ *
+ *   header  = "CHP" 0x01 ‖ mailbox(32) ‖ expiresAt(u64 ms) ‖ ephemeralPk(32) ‖ nonce(24)   (100 bytes, cleartext)
+ *   sealed  = nacl.box(signature(64) ‖ body, nonce, recipientBoxPk, ephemeralSk)
+ *   signature = Ed25519(senderSignSk, "chapar/v1/envelope\0" ‖ header ‖ body)
+ *
+ * The relay sees only the header (mailbox id, expiry) and the sizes. The
+ * signature sits inside the box so the relay cannot tell who wrote to whom,
+ * and it covers the exact header bytes, so a relay that edits the expiry or
+ * re-addresses a message is caught. The recipient verifies the exact bytes
+ * it decrypted, before decoding anything else of the body.
+ */
+import nacl from 'tweetnacl'
+import { concat, equal, Reader, utf8, Writer } from './bytes.js'
+import { ChaparError, ErrorCode } from './errors.js'
+import { HASH_BYTES, mailboxId } from './hash.js'
+import type { Address } from './address.js'
+import { SIGNATURE_BYTES, sign, verify as defaultVerify } from './signature.js'
+
+export const ENVELOPE_MAGIC = new Uint8Array([0x43, 0x48, 0x50, 0x01]) // "CHP" v1
+export const HEADER_BYTES = 4 + 32 + 8 + 32 + 24
+export const BOX_OVERHEAD = nacl.box.overheadLength
+/** Largest attachment a report may carry (a short video). */
+export const MAX_FILE_BYTES = 64 * 1024 * 1024
+export const MAX_TEXT_BYTES = 1024 * 1024
+/** Largest envelope anyone should accept: the biggest report plus headers. */
+export const MAX_ENVELOPE_BYTES = MAX_FILE_BYTES + MAX_TEXT_BYTES + 64 * 1024
+const SIGN_DOMAIN = utf8('chapar/v1/envelope\0')
+
+export const Kind = { report: 1, receipt: 2 } as const
+export type Kind = (typeof Kind)[keyof typeof Kind]
+
+export const Priority = { low: 0, normal: 1, urgent: 2 } as const
+export type PriorityName = keyof typeof Priority
+
+export interface Sender {
+  readonly address: Address
+  readonly signSecretKey: Uint8Array
+}
+
+export interface Header {
+  readonly mailbox: Uint8Array
+  readonly expiresAt: number
+  readonly ephemeralPublicKey: Uint8Array
+  readonly nonce: Uint8Array
+}
+
+export interface Report {
+  readonly kind: typeof Kind.report
+  readonly text?: string
+  readonly file?: { readonly name: string; readonly data: Uint8Array }
+}
+
+export interface Receipt {
+  readonly kind: typeof Kind.receipt
+  /** Ids of the messages the signer received, verified and stored. */
+  readonly ids: readonly Uint8Array[]
+}
+
+export type Content = Report | Receipt
+
+export interface Opened {
+  readonly header: Header
+  readonly from: Address
+  readonly createdAt: number
+  readonly priority: number
+  readonly content: Content
+}
+
+/** Randomness is injected so the simulator can seal deterministically. */
+export type RandomBytes = (n: number) => Uint8Array
+
+export function encodeHeader(h: Header): Uint8Array {
+  return new Writer(HEADER_BYTES).bytes(ENVELOPE_MAGIC).bytes(h.mailbox).u64(h.expiresAt).bytes(h.ephemeralPublicKey).bytes(h.nonce).finish()
+}
+
+/** The smallest well-formed envelope: header, box MAC, signature, minimal body. */
+export const MIN_ENVELOPE_BYTES = HEADER_BYTES + BOX_OVERHEAD + SIGNATURE_BYTES + 32 * 3 + 8 + 2
+
+/** Parse the cleartext header (what a relay checks) from an envelope or its first bytes. Throws BAD_ENVELOPE. */
+export function decodeHeader(envelope: Uint8Array): Header {
+  if (envelope.length < HEADER_BYTES) throw new ChaparError(ErrorCode.BAD_ENVELOPE, 'envelope too short')
+  const r = new Reader(envelope)
+  if (!equal(r.bytes(4), ENVELOPE_MAGIC)) throw new ChaparError(ErrorCode.BAD_ENVELOPE, 'not a chapar v1 envelope')
+  return { mailbox: r.bytes(32), expiresAt: r.u64(), ephemeralPublicKey: r.bytes(32), nonce: r.bytes(24) }
+}
+
+function encodeBody(from: Address, to: Address, createdAt: number, priority: number, content: Content): Uint8Array {
+  const w = new Writer(256)
+  w.bytes(from.signPublicKey).bytes(from.boxPublicKey).bytes(to.signPublicKey).u64(createdAt).u8(content.kind).u8(priority)
+  if (content.kind === Kind.report) {
+    const text = content.text === undefined ? undefined : utf8(content.text)
+    if (text && text.length > MAX_TEXT_BYTES) throw new ChaparError(ErrorCode.TOO_LARGE, `text is ${text.length} bytes; the limit is ${MAX_TEXT_BYTES}`)
+    if (content.file && content.file.data.length > MAX_FILE_BYTES) {
+      throw new ChaparError(ErrorCode.TOO_LARGE, `file is ${content.file.data.length} bytes; the limit is ${MAX_FILE_BYTES}`)
+    }
+    w.u8(text ? 1 : 0)
+    if (text) w.lbytes(text)
+    w.u8(content.file ? 1 : 0)
+    if (content.file) w.str(content.file.name).lbytes(content.file.data)
+  } else {
+    if (content.ids.length > 0xffff) throw new ChaparError(ErrorCode.TOO_LARGE, 'too many ids in one receipt')
+    w.u16(content.ids.length)
+    for (const id of content.ids) w.bytes(id)
+  }
+  return w.finish()
+}
+
+/** Sign, then seal to the recipient with a fresh ephemeral key and random nonce. */
+export function seal(args: {
+  from: Sender
+  to: Address
+  content: Content
+  createdAt: number
+  expiresAt: number
+  priority?: number
+  randomBytes?: RandomBytes
+}): Uint8Array {
+  const random = args.randomBytes ?? nacl.randomBytes
+  const ephemeral = nacl.box.keyPair.fromSecretKey(random(32))
+  const header: Header = {
+    mailbox: mailboxId(args.to.signPublicKey),
+    expiresAt: args.expiresAt,
+    ephemeralPublicKey: ephemeral.publicKey,
+    nonce: random(nacl.box.nonceLength),
+  }
+  const headerBytes = encodeHeader(header)
+  const body = encodeBody(args.from.address, args.to, args.createdAt, args.priority ?? Priority.normal, args.content)
+  const signature = sign(concat([SIGN_DOMAIN, headerBytes, body]), args.from.signSecretKey)
+  const sealed = nacl.box(concat([signature, body]), header.nonce, args.to.boxPublicKey, ephemeral.secretKey)
+  return concat([headerBytes, sealed])
+}
+
+/**
+ * Decrypt and verify an envelope addressed to `me`. Throws ChaparError with
+ * DECRYPT_FAILED, BAD_SIGNATURE, NOT_FOR_ME or BAD_ENVELOPE; the caller
+ * quarantines anything that throws.
+ */
+export function open(
+  envelope: Uint8Array,
+  me: { address: Address; boxSecretKey: Uint8Array },
+  verify: (m: Uint8Array, s: Uint8Array, pk: Uint8Array) => boolean = defaultVerify,
+): Opened {
+  if (envelope.length < MIN_ENVELOPE_BYTES) throw new ChaparError(ErrorCode.BAD_ENVELOPE, 'envelope too short')
+  if (envelope.length > MAX_ENVELOPE_BYTES) throw new ChaparError(ErrorCode.TOO_LARGE, 'envelope too large')
+  const header = decodeHeader(envelope)
+  if (!equal(header.mailbox, mailboxId(me.address.signPublicKey))) throw new ChaparError(ErrorCode.NOT_FOR_ME, 'envelope is for another mailbox')
+  const headerBytes = envelope.subarray(0, HEADER_BYTES)
+  const plain = nacl.box.open(envelope.subarray(HEADER_BYTES), header.nonce, header.ephemeralPublicKey, me.boxSecretKey)
+  if (!plain) throw new ChaparError(ErrorCode.DECRYPT_FAILED, 'cannot decrypt: not sealed to this identity, or corrupted')
+  const signature = plain.subarray(0, SIGNATURE_BYTES)
+  const body = plain.subarray(SIGNATURE_BYTES)
+  if (body.length < 32 * 3 + 8 + 2) throw new ChaparError(ErrorCode.BAD_ENVELOPE, 'body too short')
+  const senderSignPk = body.subarray(0, 32)
+  if (!verify(concat([SIGN_DOMAIN, headerBytes, body]), signature, senderSignPk)) {
+    throw new ChaparError(ErrorCode.BAD_SIGNATURE, "sender's signature does not verify")
+  }
+  try {
+    const r = new Reader(body)
+    const from: Address = { signPublicKey: r.bytes(32).slice(), boxPublicKey: r.bytes(32).slice() }
+    const to = r.bytes(32)
+    if (!equal(to, me.address.signPublicKey)) throw new ChaparError(ErrorCode.NOT_FOR_ME, 'signed for another recipient')
+    const createdAt = r.u64()
+    const kind = r.u8()
+    const priority = r.u8()
+    let content: Content
+    if (kind === Kind.report) {
+      const text = r.u8() === 1 ? new TextDecoder('utf-8', { fatal: true }).decode(r.lbytes(MAX_TEXT_BYTES)) : undefined
+      const file = r.u8() === 1 ? { name: r.str(1024), data: r.lbytes(MAX_FILE_BYTES).slice() } : undefined
+      content = { kind: Kind.report, ...(text !== undefined ? { text } : {}), ...(file ? { file } : {}) }
+    } else if (kind === Kind.receipt) {
+      const n = r.u16()
+      const ids: Uint8Array[] = []
+      for (let i = 0; i < n; i++) ids.push(r.bytes(HASH_BYTES).slice())
+      content = { kind: Kind.receipt, ids }
+    } else {
+      throw new ChaparError(ErrorCode.BAD_ENVELOPE, `unknown content kind ${kind}`)
+    }
+    r.end()
+    return { header, from, createdAt, priority, content }
+  } catch (err) {
+    if (err instanceof ChaparError) throw err
+    throw new ChaparError(ErrorCode.BAD_ENVELOPE, `malformed body: ${(err as Error).message}`, { cause: err })
+  }
+}

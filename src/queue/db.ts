@@ -1,0 +1,60 @@
+import { mkdir } from 'node:fs/promises'
+import type { AbstractLevel } from 'abstract-level'
+import { ClassicLevel } from 'classic-level'
+import { MemoryLevel } from 'memory-level'
+
+/**
+ * Every store in Chapar is one abstract-level database with utf8 keys and
+ * byte values; each store owns a key prefix. The real drivers open
+ * classic-level (LevelDB) on disk; tests and the simulator use memory-level.
+ */
+export type Db = AbstractLevel<any, string, Uint8Array>
+
+export interface BatchOp {
+  type: 'put' | 'del'
+  key: string
+  value?: Uint8Array
+}
+
+export async function openDiskDb(dir: string): Promise<Db> {
+  await mkdir(dir, { recursive: true })
+  const db = new ClassicLevel<string, Uint8Array>(dir, { keyEncoding: 'utf8', valueEncoding: 'view' })
+  await db.open()
+  return db as unknown as Db
+}
+
+export async function openMemoryDb(): Promise<Db> {
+  const db = new MemoryLevel<string, Uint8Array>({ keyEncoding: 'utf8', valueEncoding: 'view' })
+  await db.open()
+  return db as unknown as Db
+}
+
+/** Atomic batch; `sync: true` makes LevelDB fsync its log before resolving. */
+export async function writeBatch(db: Db, ops: readonly BatchOp[], sync: boolean): Promise<void> {
+  if (ops.length === 0) return
+  await (db.batch as (ops: unknown, options: unknown) => Promise<void>)(ops, { sync })
+}
+
+const enc = new TextEncoder()
+const dec = new TextDecoder()
+
+export function jsonValue(v: unknown): Uint8Array {
+  return enc.encode(JSON.stringify(v))
+}
+
+export function parseJson<T>(b: Uint8Array): T {
+  return JSON.parse(dec.decode(b)) as T
+}
+
+/** Fixed-width decimal so lexicographic key order is numeric order. */
+export function pad(n: number, width = 16): string {
+  return String(n).padStart(width, '0')
+}
+
+export async function* scan(db: Db, prefix: string, limit = -1): AsyncGenerator<[string, Uint8Array]> {
+  for await (const [k, v] of db.iterator({ gte: prefix, lt: prefix + '\xff', limit })) yield [k, v]
+}
+
+export async function* scanKeys(db: Db, prefix: string, limit = -1): AsyncGenerator<string> {
+  for await (const k of db.keys({ gte: prefix, lt: prefix + '\xff', limit })) yield k
+}

@@ -1,0 +1,315 @@
+/**
+ * The relay's store: per-recipient mailboxes of envelopes kept as chunks.
+ *
+ * Theory of operation. A chunk is acked only after the group-committed,
+ * fsynced batch holding it resolves. An envelope becomes visible in its
+ * mailbox in the same batch as its last chunk, and only if the SHA-256 of
+ * all its chunks equals the id it was offered under and its cleartext
+ * header names the same mailbox and expiry: the relay never stores an
+ * envelope under an id it did not compute. Chunks of one envelope may
+ * arrive concurrently over several connections: the in-memory `partials`
+ * map says which indices are taken, and completion waits for every earlier
+ * chunk's commit before reading them back. After the recipient acks
+ * (DONE), the envelope is deleted and a tombstone remembers its id until
+ * it would have expired, so a late re-send is answered "stored" instead of
+ * being delivered twice.
+ */
+import { createHash } from 'node:crypto'
+import { equal, toHex } from '../protocol/bytes.js'
+import { decodeHeader, HEADER_BYTES, MIN_ENVELOPE_BYTES } from '../protocol/envelope.js'
+import { ChaparError, ErrorCode } from '../protocol/errors.js'
+import { chunkCount, type IndexEntry } from '../protocol/frames.js'
+import { type Ranges, rangesFromIndices } from '../protocol/ranges.js'
+import { fromHex } from '../protocol/bytes.js'
+import { type BatchOp, type Db, jsonValue, pad, parseJson, scan, scanKeys } from './db.js'
+import type { GroupCommit } from './group-commit.js'
+
+/** How long after its expiry a delivered id is still remembered (clock skew margin). */
+export const TOMBSTONE_GRACE_MS = 24 * 3600_000
+
+export interface StoredMeta {
+  mailbox: string
+  size: number
+  expires_at: number
+  received_at: number
+  complete: boolean
+}
+
+export interface ChunkPut {
+  id: Uint8Array
+  mailbox: Uint8Array
+  expiresAt: number
+  size: number
+  index: number
+  data: Uint8Array
+}
+
+export type PutResult = { kind: 'stored' } | { kind: 'partial'; have: Ranges }
+
+export type Holding = { kind: 'stored' } | { kind: 'partial'; size: number; have: Ranges } | { kind: 'none' }
+
+interface Partial {
+  size: number
+  mailbox: string
+  expiresAt: number
+  have: Set<number>
+  commits: Map<number, Promise<void>>
+}
+
+const META = 'm!'
+const CHUNK = 'c!'
+const MBOX = 'x!'
+const EXPIRY = 'e!'
+const TOMB = 't!'
+const TOMB_EXPIRY = 'te!'
+
+export class MailboxStore {
+  private readonly partials = new Map<string, Partial>()
+  private readonly loading = new Map<string, Promise<Partial | undefined>>()
+
+  constructor(
+    readonly db: Db,
+    private readonly commit: GroupCommit,
+  ) {}
+
+  private async meta(id: string): Promise<StoredMeta | undefined> {
+    const v = await this.db.get(META + id)
+    return v ? parseJson<StoredMeta>(v) : undefined
+  }
+
+  /** What the relay holds of `id`: whole (or already delivered), some chunks, or nothing. */
+  async holding(idBytes: Uint8Array): Promise<Holding> {
+    const id = toHex(idBytes)
+    const [m, t] = await this.db.getMany([META + id, TOMB + id])
+    if (t) return { kind: 'stored' }
+    if (!m) return { kind: 'none' }
+    const meta = parseJson<StoredMeta>(m)
+    if (meta.complete) return { kind: 'stored' }
+    const p = await this.partial(id, meta)
+    return { kind: 'partial', size: meta.size, have: rangesFromIndices(p?.have ?? []) }
+  }
+
+  private async partial(id: string, meta: StoredMeta | undefined): Promise<Partial | undefined> {
+    const cached = this.partials.get(id)
+    if (cached) return cached
+    if (!meta) return undefined
+    let pending = this.loading.get(id)
+    if (!pending) {
+      pending = (async () => {
+        const have = new Set<number>()
+        const prefix = CHUNK + id + '!'
+        for await (const k of scanKeys(this.db, prefix)) have.add(Number(k.slice(prefix.length)))
+        const p: Partial = { size: meta.size, mailbox: meta.mailbox, expiresAt: meta.expires_at, have, commits: new Map() }
+        if (!this.partials.has(id)) this.partials.set(id, p)
+        return this.partials.get(id)
+      })()
+      this.loading.set(id, pending)
+      void pending.finally(() => this.loading.delete(id))
+    }
+    return pending
+  }
+
+  /** Store one chunk; resolves only once it (and, on completion, the whole envelope) is fsynced. */
+  async put(c: ChunkPut, now: number): Promise<PutResult> {
+    if (c.expiresAt <= now) throw new ChaparError(ErrorCode.EXPIRED, 'envelope has expired')
+    const id = toHex(c.id)
+    const mailbox = toHex(c.mailbox)
+    const [m, t] = await this.db.getMany([META + id, TOMB + id])
+    if (t) return { kind: 'stored' }
+    const meta = m ? parseJson<StoredMeta>(m) : undefined
+    if (meta?.complete) return { kind: 'stored' }
+    if (meta && (meta.size !== c.size || meta.mailbox !== mailbox || meta.expires_at !== c.expiresAt)) {
+      throw new ChaparError(ErrorCode.BAD_FRAME, 'chunk disagrees with earlier chunks of the same id')
+    }
+    const total = chunkCount(c.size)
+    if (total === 1) return this.complete(id, c, now, new Map([[0, c.data]]))
+
+    let p = await this.partial(id, meta)
+    if (!p) {
+      p = this.partials.get(id) ?? { size: c.size, mailbox, expiresAt: c.expiresAt, have: new Set(), commits: new Map() }
+      this.partials.set(id, p)
+    }
+    if (p.size !== c.size || p.mailbox !== mailbox || p.expiresAt !== c.expiresAt) {
+      throw new ChaparError(ErrorCode.BAD_FRAME, 'chunk disagrees with earlier chunks of the same id')
+    }
+    if (p.have.has(c.index)) {
+      await p.commits.get(c.index)
+      return this.partials.has(id) ? { kind: 'partial', have: rangesFromIndices(p.have) } : { kind: 'stored' }
+    }
+    p.have.add(c.index)
+    if (p.have.size < total) {
+      const metaValue: StoredMeta = { mailbox, size: c.size, expires_at: c.expiresAt, received_at: now, complete: false }
+      const write = this.commit.write([
+        { type: 'put', key: META + id, value: jsonValue(metaValue) },
+        { type: 'put', key: EXPIRY + pad(c.expiresAt) + '!' + id, value: new Uint8Array(0) },
+        { type: 'put', key: CHUNK + id + '!' + pad(c.index, 8), value: c.data.slice() },
+      ])
+      p.commits.set(c.index, write)
+      try {
+        await write
+      } catch (err) {
+        p.have.delete(c.index)
+        p.commits.delete(c.index)
+        throw err
+      }
+      return { kind: 'partial', have: rangesFromIndices(p.have) }
+    }
+    // The last missing chunk: wait for every earlier chunk's commit, then verify the whole.
+    await Promise.all(p.commits.values())
+    const done = this.complete(id, c, now, new Map([[c.index, c.data]]))
+    const finished = done.then(() => undefined)
+    p.commits.set(c.index, finished)
+    try {
+      return await done
+    } catch (err) {
+      p.have.delete(c.index)
+      p.commits.delete(c.index)
+      throw err
+    }
+  }
+
+  private async complete(id: string, c: ChunkPut, now: number, fresh: Map<number, Uint8Array>): Promise<PutResult> {
+    const total = chunkCount(c.size)
+    const hash = createHash('sha256').update('chapar/v1/id\0')
+    let first: Uint8Array | undefined
+    let length = 0
+    for (let i = 0; i < total; i++) {
+      const data = fresh.get(i) ?? (await this.db.get(CHUNK + id + '!' + pad(i, 8)))
+      if (!data) throw new ChaparError(ErrorCode.INTERNAL, `chunk ${i} of ${id} missing at completion`)
+      if (i === 0) first = data.subarray(0, HEADER_BYTES)
+      hash.update(data)
+      length += data.length
+    }
+    const mailbox = toHex(c.mailbox)
+    let problem: string | undefined
+    if (length !== c.size) problem = `assembled ${length} bytes, expected ${c.size}`
+    else if (c.size < MIN_ENVELOPE_BYTES) problem = `envelope of ${c.size} bytes is too short`
+    else if (!equal(new Uint8Array(hash.digest()), c.id)) problem = 'envelope does not hash to its id'
+    else {
+      try {
+        const h = decodeHeader(first!)
+        if (!equal(h.mailbox, c.mailbox) || h.expiresAt !== c.expiresAt) problem = 'envelope header disagrees with the offer'
+      } catch (err) {
+        problem = (err as Error).message
+      }
+    }
+    if (problem) {
+      await this.discard(id)
+      throw new ChaparError(ErrorCode.BAD_ENVELOPE, problem)
+    }
+    const metaValue: StoredMeta = { mailbox, size: c.size, expires_at: c.expiresAt, received_at: now, complete: true }
+    const ops: BatchOp[] = [
+      { type: 'put', key: META + id, value: jsonValue(metaValue) },
+      { type: 'put', key: MBOX + mailbox + '!' + pad(now) + '!' + id, value: new Uint8Array(0) },
+      { type: 'put', key: EXPIRY + pad(c.expiresAt) + '!' + id, value: new Uint8Array(0) },
+    ]
+    for (const [i, data] of fresh) ops.push({ type: 'put', key: CHUNK + id + '!' + pad(i, 8), value: data.slice() })
+    await this.commit.write(ops)
+    this.partials.delete(id)
+    return { kind: 'stored' }
+  }
+
+  private async discard(id: string): Promise<void> {
+    this.partials.delete(id)
+    const ops: BatchOp[] = [{ type: 'del', key: META + id }]
+    for await (const k of scanKeys(this.db, CHUNK + id + '!')) ops.push({ type: 'del', key: k })
+    await this.commit.write(ops)
+  }
+
+  /** Complete envelopes waiting in `mailbox`, oldest first. */
+  async list(mailboxBytes: Uint8Array, max: number, now: number): Promise<{ entries: IndexEntry[]; more: boolean }> {
+    const mailbox = toHex(mailboxBytes)
+    const ids: string[] = []
+    for await (const k of scanKeys(this.db, MBOX + mailbox + '!', max + 1)) ids.push(k.slice(k.lastIndexOf('!') + 1))
+    const more = ids.length > max
+    const chosen = ids.slice(0, max)
+    const metas = await this.db.getMany(chosen.map((id) => META + id))
+    const entries: IndexEntry[] = []
+    chosen.forEach((id, i) => {
+      const v = metas[i]
+      if (!v) return
+      const m = parseJson<StoredMeta>(v)
+      if (m.expires_at <= now) return
+      entries.push({ id: fromHex(id), size: m.size, expiresAt: m.expires_at })
+    })
+    return { entries, more }
+  }
+
+  /** One chunk of a complete envelope in `mailbox` (the caller's authenticated mailbox). */
+  async chunk(idBytes: Uint8Array, mailboxBytes: Uint8Array, index: number): Promise<{ size: number; data: Uint8Array } | undefined> {
+    const id = toHex(idBytes)
+    const meta = await this.meta(id)
+    if (!meta || !meta.complete || meta.mailbox !== toHex(mailboxBytes)) return undefined
+    if (index >= chunkCount(meta.size)) return undefined
+    const data = await this.db.get(CHUNK + id + '!' + pad(index, 8))
+    return data ? { size: meta.size, data } : undefined
+  }
+
+  /** The recipient holds these: delete them and remember their ids. Idempotent; other mailboxes' ids are ignored. */
+  async done(mailboxBytes: Uint8Array, ids: readonly Uint8Array[], now: number): Promise<number> {
+    const mailbox = toHex(mailboxBytes)
+    const ops: BatchOp[] = []
+    let n = 0
+    for (const idBytes of ids) {
+      const id = toHex(idBytes)
+      const meta = await this.meta(id)
+      if (!meta || !meta.complete || meta.mailbox !== mailbox) continue
+      ops.push(...(await this.deleteOps(id, meta)))
+      const until = Math.max(meta.expires_at, now) + TOMBSTONE_GRACE_MS
+      ops.push({ type: 'put', key: TOMB + id, value: jsonValue({ until }) })
+      ops.push({ type: 'put', key: TOMB_EXPIRY + pad(until) + '!' + id, value: new Uint8Array(0) })
+      n++
+    }
+    await this.commit.write(ops)
+    return n
+  }
+
+  private async deleteOps(id: string, meta: StoredMeta): Promise<BatchOp[]> {
+    const ops: BatchOp[] = [
+      { type: 'del', key: META + id },
+      { type: 'del', key: MBOX + meta.mailbox + '!' + pad(meta.received_at) + '!' + id },
+      { type: 'del', key: EXPIRY + pad(meta.expires_at) + '!' + id },
+    ]
+    for await (const k of scanKeys(this.db, CHUNK + id + '!')) ops.push({ type: 'del', key: k })
+    return ops
+  }
+
+  /** Delete expired envelopes (whole or partial) and tombstones past their time. */
+  async sweep(now: number): Promise<{ expired: number; tombstones: number }> {
+    const ops: BatchOp[] = []
+    let expired = 0
+    let tombstones = 0
+    for await (const k of scanKeys(this.db, EXPIRY)) {
+      const [, at, id] = k.split('!')
+      if (Number(at) > now) break
+      const meta = await this.meta(id!)
+      if (meta) ops.push(...(await this.deleteOps(id!, meta)))
+      else ops.push({ type: 'del', key: k })
+      this.partials.delete(id!)
+      expired++
+    }
+    for await (const k of scanKeys(this.db, TOMB_EXPIRY)) {
+      const [, at, id] = k.split('!')
+      if (Number(at) > now) break
+      ops.push({ type: 'del', key: k }, { type: 'del', key: TOMB + id })
+      tombstones++
+    }
+    await this.commit.write(ops)
+    return { expired, tombstones }
+  }
+
+  /** Counts for metrics and `relay` logs. */
+  async stats(): Promise<{ messages: number; bytes: number; mailboxes: number }> {
+    let messages = 0
+    let bytes = 0
+    const boxes = new Set<string>()
+    for await (const [, v] of scan(this.db, META)) {
+      const m = parseJson<StoredMeta>(v)
+      if (!m.complete) continue
+      messages++
+      bytes += m.size
+      boxes.add(m.mailbox)
+    }
+    return { messages, bytes, mailboxes: boxes.size }
+  }
+}

@@ -1,0 +1,135 @@
+/**
+ * The client's durable outbox. A message leaves it only as `delivered` (a
+ * signed receipt from the recipient came back) or `expired` (its TTL ran
+ * out): records are kept with their final state, only the envelope bytes
+ * are dropped. Every write is an fsynced LevelDB batch, so a `kill -9` at
+ * any moment leaves either the old or the new state, never a half.
+ */
+import { type BatchOp, type Db, jsonValue, parseJson, scan, writeBatch } from './db.js'
+
+export const OutboxState = {
+  queued: 'queued',
+  accepted: 'accepted',
+  delivered: 'delivered',
+  expired: 'expired',
+} as const
+export type OutboxState = (typeof OutboxState)[keyof typeof OutboxState]
+
+export interface OutboxRecord {
+  id: string
+  /** Recipient address. */
+  to: string
+  /** `report`: tracked to delivery; `receipt`: our receipt for someone else's report. */
+  kind: 'report' | 'receipt'
+  state: OutboxState
+  /** Relays that acked the envelope as fsynced. */
+  relays: string[]
+  bytes: number
+  priority: number
+  created_at: number
+  expires_at: number
+  mailbox: string
+  accepted_at?: number
+  delivered_at?: number
+  expired_at?: number
+  /** What the user sent, for `chapar status`: text preview or file name. */
+  summary?: string
+}
+
+const REC = 'o!'
+const ENV = 'b!'
+
+export function isFinal(r: OutboxRecord): boolean {
+  return r.state === OutboxState.delivered || r.state === OutboxState.expired
+}
+
+export class Outbox {
+  constructor(readonly db: Db) {}
+
+  /** Ops that enqueue an envelope; returned so callers can commit them with other writes atomically. */
+  addOps(record: OutboxRecord, envelope: Uint8Array): BatchOp[] {
+    return [
+      { type: 'put', key: ENV + record.id, value: envelope },
+      { type: 'put', key: REC + record.id, value: jsonValue(record) },
+    ]
+  }
+
+  async add(record: OutboxRecord, envelope: Uint8Array): Promise<void> {
+    await writeBatch(this.db, this.addOps(record, envelope), true)
+  }
+
+  async get(id: string): Promise<OutboxRecord | undefined> {
+    const v = await this.db.get(REC + id)
+    return v ? parseJson<OutboxRecord>(v) : undefined
+  }
+
+  async envelope(id: string): Promise<Uint8Array | undefined> {
+    return (await this.db.get(ENV + id)) ?? undefined
+  }
+
+  async list(): Promise<OutboxRecord[]> {
+    const out: OutboxRecord[] = []
+    for await (const [, v] of scan(this.db, REC)) out.push(parseJson<OutboxRecord>(v))
+    return out.sort((a, b) => a.created_at - b.created_at || (a.id < b.id ? -1 : 1))
+  }
+
+  /** What still has to reach `relay`, most urgent first, then oldest first. */
+  async pendingFor(relay: string, now: number): Promise<OutboxRecord[]> {
+    const all = await this.list()
+    return all
+      .filter((r) => !isFinal(r) && r.expires_at > now && !r.relays.includes(relay))
+      .sort((a, b) => b.priority - a.priority || a.created_at - b.created_at || (a.id < b.id ? -1 : 1))
+  }
+
+  /** Record that `relay` holds these envelopes durably. Idempotent. */
+  async markAccepted(ids: readonly string[], relay: string, now: number): Promise<OutboxRecord[]> {
+    const ops: BatchOp[] = []
+    const changed: OutboxRecord[] = []
+    for (const id of ids) {
+      const r = await this.get(id)
+      if (!r || r.relays.includes(relay)) continue
+      r.relays.push(relay)
+      if (r.state === OutboxState.queued) {
+        r.state = OutboxState.accepted
+        r.accepted_at = now
+      }
+      ops.push({ type: 'put', key: REC + id, value: jsonValue(r) })
+      changed.push(r)
+    }
+    await writeBatch(this.db, ops, true)
+    return changed
+  }
+
+  /**
+   * Ops marking reports delivered on a receipt signed by `signer` (their
+   * address must equal the report's `to`, else the receipt is ignored).
+   */
+  async deliveredOps(ids: readonly string[], signer: string, now: number): Promise<{ ops: BatchOp[]; delivered: string[] }> {
+    const ops: BatchOp[] = []
+    const delivered: string[] = []
+    for (const id of ids) {
+      const r = await this.get(id)
+      if (!r || r.kind !== 'report' || r.to !== signer || r.state === OutboxState.delivered) continue
+      r.state = OutboxState.delivered
+      r.delivered_at = now
+      ops.push({ type: 'put', key: REC + id, value: jsonValue(r) }, { type: 'del', key: ENV + id })
+      delivered.push(id)
+    }
+    return { ops, delivered }
+  }
+
+  /** Expire everything past its TTL that was not delivered; reported, never silent. */
+  async expire(now: number): Promise<OutboxRecord[]> {
+    const ops: BatchOp[] = []
+    const expired: OutboxRecord[] = []
+    for (const r of await this.list()) {
+      if (isFinal(r) || r.expires_at > now) continue
+      r.state = OutboxState.expired
+      r.expired_at = now
+      ops.push({ type: 'put', key: REC + r.id, value: jsonValue(r) }, { type: 'del', key: ENV + r.id })
+      expired.push(r)
+    }
+    await writeBatch(this.db, ops, true)
+    return expired
+  }
+}

@@ -1,0 +1,65 @@
+/** `chapar relay`: the relay on its embedded LevelDB store, behind a WebSocket server. */
+import path from 'node:path'
+import { systemEnv } from '../protocol/env.js'
+import { InputError } from '../protocol/errors.js'
+import { openDiskDb } from '../queue/db.js'
+import { GroupCommit } from '../queue/group-commit.js'
+import { MailboxStore } from '../queue/mailbox.js'
+import { Relay } from './relay-engine.js'
+import { listenWs } from './ws-server.js'
+
+export const SWEEP_INTERVAL_MS = 60_000
+
+function log(msg: string, fields: Record<string, unknown> = {}): void {
+  process.stderr.write(JSON.stringify({ t: new Date().toISOString(), msg, ...fields }) + '\n')
+}
+
+export async function cmdRelay(opts: { host: string; port: string; data: string; maxEnvelope?: string }): Promise<number> {
+  const port = Number(opts.port)
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InputError(`--port must be an integer 0..65535, got "${opts.port}"`)
+  const dataDir = path.resolve(opts.data)
+  let db
+  try {
+    db = await openDiskDb(dataDir)
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string } }).cause
+    if (cause?.code === 'LEVEL_LOCKED') throw new InputError(`${dataDir} is in use by another relay`)
+    throw new InputError(`cannot open relay data in ${dataDir}: ${(err as Error).message}`)
+  }
+  const commit = new GroupCommit(db, true)
+  const relay = new Relay(new MailboxStore(db, commit), systemEnv, opts.maxEnvelope ? { maxEnvelope: Number(opts.maxEnvelope) } : {})
+  relay.onEvent = (e) => {
+    if (e.type === 'error') log('refused', { code: e.code, reason: e.message })
+  }
+  let server
+  try {
+    server = await listenWs(relay, { host: opts.host, port })
+  } catch (err) {
+    await db.close()
+    throw new InputError(`cannot listen on ${opts.host}:${port}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+  }
+  const stats = await relay.store.stats()
+  log('relay listening', { url: server.url, data: dataDir, ...stats })
+  const sweep = async (): Promise<void> => {
+    try {
+      const r = await relay.sweep()
+      if (r.expired || r.tombstones) log('swept', r)
+    } catch (err) {
+      log('sweep failed', { error: (err as Error).message })
+    }
+  }
+  await sweep()
+  const sweeper = setInterval(() => void sweep(), SWEEP_INTERVAL_MS)
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string): void => {
+      log('stopping', { signal: sig, ...relay.counters, commits: commit.batches })
+      resolve()
+    }
+    process.once('SIGINT', () => stop('SIGINT'))
+    process.once('SIGTERM', () => stop('SIGTERM'))
+  })
+  clearInterval(sweeper)
+  await server.close()
+  await db.close()
+  return 0
+}

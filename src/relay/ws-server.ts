@@ -1,0 +1,80 @@
+/** The relay's WebSocket server: strict limits, heartbeats, one RelaySession per socket. */
+import http from 'node:http'
+import { WebSocketServer, type WebSocket } from 'ws'
+import { MAX_FRAME_BYTES } from '../protocol/frames.js'
+import type { Relay } from './relay-engine.js'
+
+export const HEARTBEAT_MS = 30_000
+/** Stop reading from a socket whose outgoing buffer is above this (a slow reader). */
+export const HIGH_WATER_BYTES = 8 * 1024 * 1024
+
+export interface RelayServer {
+  readonly url: string
+  readonly port: number
+  close(): Promise<void>
+}
+
+export function listenWs(relay: Relay, options: { host: string; port: number }): Promise<RelayServer> {
+  return new Promise((resolve, reject) => {
+    const server = http.createServer((_req, res) => {
+      res.writeHead(426, { 'content-type': 'text/plain' })
+      res.end('chapar relay: connect with a WebSocket client\n')
+    })
+    const wss = new WebSocketServer({ server, perMessageDeflate: false, maxPayload: MAX_FRAME_BYTES, clientTracking: true })
+    const alive = new WeakMap<WebSocket, boolean>()
+    const heartbeat = setInterval(() => {
+      for (const ws of wss.clients) {
+        if (alive.get(ws) === false) {
+          ws.terminate()
+          continue
+        }
+        alive.set(ws, false)
+        ws.ping()
+      }
+    }, HEARTBEAT_MS)
+    heartbeat.unref()
+
+    wss.on('connection', (ws) => {
+      alive.set(ws, true)
+      ws.on('pong', () => alive.set(ws, true))
+      const session = relay.connect({
+        send: (frame) => {
+          if (ws.readyState !== ws.OPEN) return
+          if (ws.bufferedAmount > HIGH_WATER_BYTES) {
+            ws.terminate() // a reader this slow is gone or hostile; it will reconnect and resume
+            return
+          }
+          ws.send(frame, { binary: true })
+        },
+        close: (reason) => ws.close(1008, (reason ?? '').slice(0, 100)),
+      })
+      ws.on('message', (data: Buffer, isBinary: boolean) => {
+        alive.set(ws, true)
+        if (!isBinary) {
+          ws.close(1003, 'binary frames only')
+          return
+        }
+        session.receive(new Uint8Array(data.buffer, data.byteOffset, data.byteLength))
+      })
+      ws.on('close', () => session.close())
+      ws.on('error', () => session.close())
+    })
+
+    server.once('error', reject)
+    server.listen(options.port, options.host, () => {
+      const addr = server.address()
+      const port = typeof addr === 'object' && addr ? addr.port : options.port
+      const host = options.host.includes(':') ? `[${options.host}]` : options.host
+      resolve({
+        url: `ws://${host}:${port}`,
+        port,
+        close: () =>
+          new Promise<void>((res) => {
+            clearInterval(heartbeat)
+            for (const ws of wss.clients) ws.terminate()
+            wss.close(() => server.close(() => res()))
+          }),
+      })
+    })
+  })
+}

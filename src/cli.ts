@@ -64,6 +64,7 @@ program
   .option('--port <port>', 'port to listen on', '7000')
   .option('--data <dir>', 'where the relay keeps its LevelDB', './data')
   .option('--max-envelope <bytes>', 'largest message accepted')
+  .option('--verbose', 'log every stored and delivered envelope')
   .action(run(cmdRelay))
 
 try {

@@ -44,7 +44,8 @@ export interface ChunkPut {
   data: Uint8Array
 }
 
-export type PutResult = { kind: 'stored' } | { kind: 'partial'; have: Ranges }
+/** `fresh`: this put completed the envelope (false: it was already stored or delivered). */
+export type PutResult = { kind: 'stored'; fresh: boolean } | { kind: 'partial'; have: Ranges }
 
 export type Holding = { kind: 'stored' } | { kind: 'partial'; size: number; have: Ranges } | { kind: 'none' }
 
@@ -115,9 +116,9 @@ export class MailboxStore {
     const id = toHex(c.id)
     const mailbox = toHex(c.mailbox)
     const [m, t] = await this.db.getMany([META + id, TOMB + id])
-    if (t) return { kind: 'stored' }
+    if (t) return { kind: 'stored', fresh: false }
     const meta = m ? parseJson<StoredMeta>(m) : undefined
-    if (meta?.complete) return { kind: 'stored' }
+    if (meta?.complete) return { kind: 'stored', fresh: false }
     if (meta && (meta.size !== c.size || meta.mailbox !== mailbox || meta.expires_at !== c.expiresAt)) {
       throw new ChaparError(ErrorCode.BAD_FRAME, 'chunk disagrees with earlier chunks of the same id')
     }
@@ -134,7 +135,7 @@ export class MailboxStore {
     }
     if (p.have.has(c.index)) {
       await p.commits.get(c.index)
-      return this.partials.has(id) ? { kind: 'partial', have: rangesFromIndices(p.have) } : { kind: 'stored' }
+      return this.partials.has(id) ? { kind: 'partial', have: rangesFromIndices(p.have) } : { kind: 'stored', fresh: false }
     }
     p.have.add(c.index)
     if (p.have.size < total) {
@@ -206,7 +207,7 @@ export class MailboxStore {
     for (const [i, data] of fresh) ops.push({ type: 'put', key: CHUNK + id + '!' + pad(i, 8), value: data.slice() })
     await this.commit.write(ops)
     this.partials.delete(id)
-    return { kind: 'stored' }
+    return { kind: 'stored', fresh: true }
   }
 
   private async discard(id: string): Promise<void> {

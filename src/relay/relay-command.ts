@@ -14,7 +14,7 @@ function log(msg: string, fields: Record<string, unknown> = {}): void {
   process.stderr.write(JSON.stringify({ t: new Date().toISOString(), msg, ...fields }) + '\n')
 }
 
-export async function cmdRelay(opts: { host: string; port: string; data: string; maxEnvelope?: string }): Promise<number> {
+export async function cmdRelay(opts: { host: string; port: string; data: string; maxEnvelope?: string; verbose?: boolean }): Promise<number> {
   const port = Number(opts.port)
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InputError(`--port must be an integer 0..65535, got "${opts.port}"`)
   const dataDir = path.resolve(opts.data)
@@ -30,6 +30,8 @@ export async function cmdRelay(opts: { host: string; port: string; data: string;
   const relay = new Relay(new MailboxStore(db, commit), systemEnv, opts.maxEnvelope ? { maxEnvelope: Number(opts.maxEnvelope) } : {})
   relay.onEvent = (e) => {
     if (e.type === 'error') log('refused', { code: e.code, reason: e.message })
+    else if (opts.verbose && e.type === 'stored') log('stored', { id: e.id, size: e.size })
+    else if (opts.verbose && e.type === 'deleted') log('delivered', { count: e.count })
   }
   let server
   try {

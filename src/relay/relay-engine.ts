@@ -169,9 +169,14 @@ export class RelaySession {
     const result = await this.relay.store.put(f, this.relay.env.clock.now())
     const c = this.relay.counters
     if (result.kind === 'stored') {
-      c.chunks_stored++
       this.ackStored(f.id.slice())
-      this.relay.onEvent?.({ type: 'stored', id: toHex(f.id), size: f.size })
+      if (result.fresh) {
+        c.chunks_stored++
+        c.envelopes_stored++
+        this.relay.onEvent?.({ type: 'stored', id: toHex(f.id), size: f.size })
+      } else {
+        c.duplicates++
+      }
     } else {
       c.chunks_stored++
       this.send({ type: FrameType.HAVE, id: f.id, size: f.size, have: result.have })

@@ -1,0 +1,173 @@
+import { describe, expect, it } from 'vitest'
+import { compose } from '../../src/client/compose.js'
+import { Kind, Priority, seal } from '../../src/protocol/envelope.js'
+import { formatAddress } from '../../src/protocol/address.js'
+import { FrameType } from '../../src/protocol/frames.js'
+import { toHex } from '../../src/protocol/bytes.js'
+import { messageId } from '../../src/protocol/hash.js'
+import { generateIdentity } from '../../src/client/identity.js'
+import { OutboxState } from '../../src/queue/outbox.js'
+import { connect, makeClient, makeRelay, type TestClient, type Wire } from '../helpers/pair.js'
+
+const DAY = 24 * 3600_000
+
+async function queue(from: TestClient, to: TestClient, text: string, extra: { file?: Uint8Array; priority?: number; ttlMs?: number } = {}) {
+  const c = compose({
+    outbox: from.outbox,
+    me: from.me,
+    to: to.me.address,
+    content: { kind: Kind.report, text, ...(extra.file ? { file: { name: 'evidence.bin', data: extra.file } } : {}) },
+    now: Date.now(),
+    ttlMs: extra.ttlMs ?? DAY,
+    priority: extra.priority ?? Priority.normal,
+  })
+  await from.outbox.add(c.record, c.envelope)
+  return c.record.id
+}
+
+async function reports(c: TestClient) {
+  return (await c.outbox.list()).filter((r) => r.kind === 'report')
+}
+
+describe('sync engine against the relay engine', () => {
+  it('delivers reports, returns signed receipts, and marks them delivered', async () => {
+    const relay = await makeRelay()
+    const alice = await makeClient()
+    const bob = await makeClient()
+    const ids = [await queue(alice, bob, 'one'), await queue(alice, bob, 'two'), await queue(alice, bob, 'three')]
+
+    const up = await connect(alice, relay, 'ws://r1').done
+    expect(up.uploaded).toBe(3)
+    expect((await reports(alice)).map((r) => r.state)).toEqual(['accepted', 'accepted', 'accepted'])
+
+    const down = await connect(bob, relay, 'ws://r1').done
+    expect(down.received).toBe(3)
+    const items = await bob.inbox.items()
+    expect(items.map((i) => i.text).sort()).toEqual(['one', 'three', 'two'])
+    expect(new Set(items.map((i) => i.id))).toEqual(new Set(ids))
+    expect(items.every((i) => i.from === formatAddress(alice.me.address))).toBe(true)
+    // bob's receipts are queued and already accepted by the relay
+    const receipts = (await bob.outbox.list()).filter((r) => r.kind === 'receipt')
+    expect(receipts).toHaveLength(3)
+    expect(receipts.every((r) => r.relays.includes('ws://r1'))).toBe(true)
+
+    await connect(alice, relay, 'ws://r1').done
+    const final = await reports(alice)
+    expect(final.map((r) => r.state)).toEqual([OutboxState.delivered, OutboxState.delivered, OutboxState.delivered])
+    expect(await alice.outbox.envelope(ids[0]!)).toBeUndefined() // bytes dropped once delivered
+    expect((await relay.store.stats()).messages).toBe(0) // mailboxes emptied after DONE
+  })
+
+  it('hands each message to every relay and the recipient keeps one copy', async () => {
+    const r1 = await makeRelay()
+    const r2 = await makeRelay()
+    const alice = await makeClient()
+    const bob = await makeClient()
+    await queue(alice, bob, 'via two relays')
+    await Promise.all([connect(alice, r1, 'ws://r1').done, connect(alice, r2, 'ws://r2').done])
+    expect((await reports(alice))[0]!.relays.sort()).toEqual(['ws://r1', 'ws://r2'])
+    await Promise.all([connect(bob, r1, 'ws://r1').done, connect(bob, r2, 'ws://r2').done])
+    expect(await bob.inbox.items()).toHaveLength(1)
+    expect((await r1.store.stats()).messages + (await r2.store.stats()).messages).toBe(0)
+  })
+
+  it('uploads urgent messages first', async () => {
+    const relay = await makeRelay()
+    const alice = await makeClient()
+    const bob = await makeClient()
+    const normal = await queue(alice, bob, 'normal')
+    const low = await queue(alice, bob, 'low', { priority: Priority.low })
+    const urgent = await queue(alice, bob, 'urgent', { priority: Priority.urgent })
+    const wire: Wire = { up: [], down: [] }
+    await connect(alice, relay, 'ws://r1', { wire }).done
+    const order = wire.up.filter((f) => f.type === FrameType.PUT).map((f) => toHex((f as { id: Uint8Array }).id))
+    expect(order).toEqual([urgent, normal, low])
+  })
+
+  it('resumes a large upload after the link breaks, sending only the missing chunks', async () => {
+    const relay = await makeRelay()
+    const alice = await makeClient()
+    const bob = await makeClient()
+    const file = new Uint8Array(40 * 64 * 1024)
+    for (let i = 0; i < file.length; i++) file[i] = (i * 31) & 0xff
+    await queue(alice, bob, 'video', { file })
+    const first: Wire = { up: [], down: [] }
+    await expect(connect(alice, relay, 'ws://r1', { wire: first, cutAfterUp: 25 }).done).rejects.toThrow(/cut by test/)
+    const sentFirst = first.up.filter((f) => f.type === FrameType.PUT).length
+    expect(sentFirst).toBeGreaterThan(10)
+    const second: Wire = { up: [], down: [] }
+    await connect(alice, relay, 'ws://r1', { wire: second }).done
+    const resentIdx = second.up.filter((f) => f.type === FrameType.PUT).map((f) => (f as { index: number }).index)
+    const chunks = 41
+    expect(resentIdx.length).toBeLessThan(chunks) // not a restart
+    expect(sentFirst + resentIdx.length).toBeLessThanOrEqual(chunks + 16) // at most one window re-sent
+    expect((await reports(alice))[0]!.state).toBe('accepted')
+    await connect(bob, relay, 'ws://r1').done
+    const [item] = await bob.inbox.items()
+    expect(item!.file_bytes).toBe(file.length)
+    expect(bob.files.files.get(item!.file!)).toEqual(file)
+  })
+
+  it('resumes a large download from the chunks already on disk', async () => {
+    const relay = await makeRelay()
+    const alice = await makeClient()
+    const bob = await makeClient()
+    const file = new Uint8Array(30 * 64 * 1024).fill(7)
+    await queue(alice, bob, 'big', { file })
+    await connect(alice, relay, 'ws://r1').done
+    await expect(connect(bob, relay, 'ws://r1', { cutAfterUp: 4 }).done).rejects.toThrow()
+    const id = (await reports(alice))[0]!.id
+    const held = await bob.inbox.chunksHeld(id)
+    expect(held.length).toBeGreaterThan(0)
+    const wire: Wire = { up: [], down: [] }
+    await connect(bob, relay, 'ws://r1', { wire }).done
+    const again = wire.down.filter((f) => f.type === FrameType.CHUNK).map((f) => (f as { index: number }).index)
+    for (const i of held) expect(again).not.toContain(i)
+    expect(await bob.inbox.items()).toHaveLength(1)
+    expect(await bob.inbox.chunksHeld(id)).toEqual([]) // partial chunks cleaned up
+  })
+
+  it('quarantines a message whose signature does not verify, and still clears it from the relay', async () => {
+    const relay = await makeRelay()
+    const mallory = await makeClient()
+    const bob = await makeClient()
+    const alice = generateIdentity()
+    // Mallory claims to be alice but signs with her own key.
+    const env = seal({
+      from: { address: alice.address, signSecretKey: mallory.me.signSecretKey },
+      to: bob.me.address,
+      content: { kind: Kind.report, text: 'forged' },
+      createdAt: Date.now(),
+      expiresAt: Date.now() + DAY,
+    })
+    const id = toHex(messageId(env))
+    await mallory.outbox.add(
+      { id, to: formatAddress(bob.me.address), kind: 'report', state: 'queued', relays: [], bytes: env.length, priority: 1, created_at: Date.now(), expires_at: Date.now() + DAY, mailbox: toHex(env.subarray(4, 36)) },
+      env,
+    )
+    await connect(mallory, relay, 'ws://r1').done
+    await connect(bob, relay, 'ws://r1').done
+    expect(await bob.inbox.items()).toEqual([])
+    const q = await bob.inbox.quarantined()
+    expect(q).toHaveLength(1)
+    expect(q[0]!.code).toBe('BAD_SIGNATURE')
+    expect((await bob.outbox.list()).length).toBe(0) // no receipt for a forgery
+    expect((await relay.store.stats()).messages).toBe(0)
+  })
+
+  it('a relay refusal is reported per message and the rest still goes through', async () => {
+    const relay = await makeRelay()
+    const alice = await makeClient()
+    const bob = await makeClient()
+    await queue(alice, bob, 'fine')
+    // Corrupt one queued envelope so the relay's hash check refuses it.
+    const bad = await queue(alice, bob, 'will be corrupted')
+    const env = (await alice.outbox.envelope(bad))!
+    env[env.length - 1] = env[env.length - 1]! ^ 1
+    await alice.db.put('b!' + bad, env)
+    const result = await connect(alice, relay, 'ws://r1').done
+    expect(result.uploaded).toBe(1)
+    expect(result.rejected).toEqual([expect.objectContaining({ id: bad, code: 'BAD_ENVELOPE' })])
+    expect((await alice.outbox.get(bad))!.state).toBe('queued') // kept, never silently dropped
+  })
+})

@@ -1,0 +1,131 @@
+/** The README's quick start, run as a new user would: real CLI processes, a real relay process. */
+import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises'
+import { statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { assertBuilt, chapar, type RelayProc, startRelay } from './cli-helpers.js'
+
+let dir: string
+let relay: RelayProc
+
+beforeAll(async () => {
+  assertBuilt()
+  dir = await mkdtemp(path.join(tmpdir(), 'chapar-qs-'))
+  relay = await startRelay(path.join(dir, 'data'))
+})
+
+afterAll(async () => {
+  relay?.child.kill('SIGTERM')
+  await relay?.exited
+  await rm(dir, { recursive: true, force: true })
+})
+
+describe('quick start', () => {
+  it('init, whoami, send, sync, inbox, status', async () => {
+    const alice = path.join(dir, 'alice')
+    const bob = path.join(dir, 'bob')
+    const a = await chapar(['init', '--home', alice])
+    expect(a.code).toBe(0)
+    expect(a.stdout.trim()).toMatch(/^ch1\.[A-Za-z0-9_-]+$/)
+    expect(statSync(path.join(alice, 'identity.json')).mode & 0o777).toBe(0o600)
+    expect((await chapar(['init', '--home', bob])).code).toBe(0)
+    const who = await chapar(['whoami', '--home', bob])
+    const address = who.stdout.trim()
+    expect(who.stdout.split('\n').filter(Boolean)).toHaveLength(1)
+
+    // Sending works with no relay at all.
+    const s1 = await chapar(['send', '--home', alice, '--to', address, '--text', 'report one'])
+    expect(s1.code).toBe(0)
+    const id1 = s1.stdout.trim()
+    expect(id1).toMatch(/^[0-9a-f]{64}$/)
+    const evidence = path.join(dir, 'evidence.jpg')
+    const photo = Buffer.alloc(150_000)
+    for (let i = 0; i < photo.length; i++) photo[i] = (i * 7919) & 0xff
+    await writeFile(evidence, photo)
+    const s2 = await chapar(['send', '--home', alice, '--to', address, '--file', evidence, '--ttl', '7d', '--priority', 'urgent'])
+    expect(s2.code).toBe(0)
+    const id2 = s2.stdout.trim()
+
+    const queued = JSON.parse((await chapar(['status', '--home', alice, '--json'])).stdout)
+    expect(queued.map((r: { state: string }) => r.state)).toEqual(['queued', 'queued'])
+
+    const sa = await chapar(['sync', '--home', alice, '--relay', relay.url, '--until-empty', '--timeout', '60'])
+    expect(sa.code).toBe(0)
+    expect(sa.stderr).toMatch(/up \d+\/2/) // progress line
+    const accepted = JSON.parse((await chapar(['status', '--home', alice, '--json'])).stdout)
+    expect(accepted.map((r: { state: string }) => r.state)).toEqual(['accepted', 'accepted'])
+    expect(accepted[0].relays).toEqual([relay.url])
+
+    expect((await chapar(['sync', '--home', bob, '--relay', relay.url, '--until-empty', '--timeout', '60'])).code).toBe(0)
+    const inbox = JSON.parse((await chapar(['inbox', '--home', bob, '--json'])).stdout)
+    expect(inbox).toHaveLength(2)
+    const byId = Object.fromEntries(inbox.map((x: { id: string }) => [x.id, x]))
+    expect(byId[id1].text).toBe('report one')
+    expect(byId[id1].from).toBe((await chapar(['whoami', '--home', alice])).stdout.trim())
+    expect(Date.parse(byId[id1].created_at)).toBeLessThanOrEqual(Date.parse(byId[id1].received_at))
+    const { readFile } = await import('node:fs/promises')
+    expect(Buffer.compare(await readFile(byId[id2].file), photo)).toBe(0)
+
+    expect((await chapar(['sync', '--home', alice, '--relay', relay.url, '--until-empty', '--timeout', '60'])).code).toBe(0)
+    const delivered = JSON.parse((await chapar(['status', '--home', alice, '--json'])).stdout)
+    expect(delivered).toEqual([
+      expect.objectContaining({ id: id1, to: address, state: 'delivered', relays: [relay.url], bytes: expect.any(Number) }),
+      expect.objectContaining({ id: id2, to: address, state: 'delivered', relays: [relay.url] }),
+    ])
+  })
+
+  it('$CHAPAR_HOME is the default home', async () => {
+    const home = path.join(dir, 'envhome')
+    expect((await chapar(['init'], { env: { CHAPAR_HOME: home } })).code).toBe(0)
+    const a = await chapar(['whoami'], { env: { CHAPAR_HOME: home } })
+    const b = await chapar(['whoami', '--home', home])
+    expect(a.stdout).toBe(b.stdout)
+  })
+})
+
+describe('bad input: one line on stderr, non-zero exit, no stack trace', () => {
+  async function expectOneLineError(args: string[], pattern: RegExp) {
+    const r = await chapar(args)
+    expect(r.code).not.toBe(0)
+    const lines = r.stderr.split('\n').filter(Boolean)
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toMatch(pattern)
+    expect(r.stderr).not.toMatch(/\n\s+at /)
+  }
+
+  it('rejects a malformed address, a missing file, a non-ws relay URL and an unusable home', async () => {
+    const home = path.join(dir, 'bad')
+    await chapar(['init', '--home', home])
+    const addr = (await chapar(['whoami', '--home', home])).stdout.trim()
+    await expectOneLineError(['send', '--home', home, '--to', 'ch1.notanaddress', '--text', 'x'], /malformed address/)
+    await expectOneLineError(['send', '--home', home, '--to', addr.slice(0, -2) + (addr.endsWith('A') ? 'BB' : 'AA'), '--text', 'x'], /malformed address/)
+    await expectOneLineError(['send', '--home', home, '--to', addr, '--file', path.join(dir, 'nope.jpg')], /cannot read file .*ENOENT/)
+    await expectOneLineError(['send', '--home', home, '--to', addr], /nothing to send/)
+    await expectOneLineError(['send', '--home', home, '--to', addr, '--text', 'x', '--ttl', 'soon'], /bad duration/)
+    await expectOneLineError(['send', '--home', home, '--to', addr, '--text', 'x', '--priority', 'asap'], /priority must be/)
+    await expectOneLineError(['sync', '--home', home, '--relay', 'http://127.0.0.1:1'], /must be a ws:\/\/ or wss:\/\/ URL/)
+    await expectOneLineError(['sync', '--home', home], /no relay given/)
+    const notDir = path.join(dir, 'file-not-home')
+    await writeFile(notDir, 'x')
+    await expectOneLineError(['whoami', '--home', notDir], /not a directory/)
+    await expectOneLineError(['status', '--home', path.join(dir, 'missing')], /no chapar home/)
+    const corrupt = path.join(dir, 'corrupt')
+    await mkdir(corrupt)
+    await writeFile(path.join(corrupt, 'identity.json'), '{nope')
+    await expectOneLineError(['whoami', '--home', corrupt], /corrupt identity file/)
+    await expectOneLineError(['init', '--home', home], /already holds an identity/)
+  })
+
+  it('sync against an unreachable relay times out with a one-line summary', async () => {
+    const home = path.join(dir, 'lonely')
+    await chapar(['init', '--home', home])
+    const addr = (await chapar(['whoami', '--home', home])).stdout.trim()
+    await chapar(['send', '--home', home, '--to', addr, '--text', 'stuck'])
+    const r = await chapar(['sync', '--home', home, '--relay', 'ws://127.0.0.1:9', '--until-empty', '--timeout', '2'])
+    expect(r.code).toBe(1)
+    const last = r.stderr.split('\n').filter(Boolean).pop()!
+    expect(last).toMatch(/^sync timed out: 1 not yet accepted by ws:\/\/127\.0\.0\.1:9/)
+    expect(r.stderr).not.toMatch(/\n\s+at /)
+  })
+})

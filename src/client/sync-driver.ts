@@ -84,8 +84,9 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
   const connect = options.connect ?? ((url: string) => connectWs(url))
   const random = options.random ?? Math.random
 
-  const perRelay = options.relays.map(async (relay): Promise<RelayOutcome> => {
-    const outcome: RelayOutcome = { relay, ok: false, uploaded: 0, received: 0, rejected: [], attempts: 0 }
+  const runRelay = async (relay: string, outcome: RelayOutcome): Promise<void> => {
+    outcome.ok = false
+    delete outcome.error
     let failures = 0
     let session: SyncSession | undefined
     const stop = (): void => session?.stop()
@@ -107,7 +108,7 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
             const result = await s.done
             outcome.uploaded += result.uploaded
             outcome.received += result.received
-            outcome.rejected.push(...result.rejected)
+            for (const r of result.rejected) if (!outcome.rejected.some((x) => x.id === r.id)) outcome.rejected.push(r)
             return result
           } catch (err) {
             // A connection that got through resets the backoff: the link came back.
@@ -136,10 +137,28 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
     } finally {
       signal.removeEventListener('abort', stop)
     }
-    return outcome
-  })
+  }
 
-  const relays = await Promise.all(perRelay)
+  const outcomes = new Map(options.relays.map((relay) => [relay, { relay, ok: false, uploaded: 0, received: 0, rejected: [], attempts: 0 } as RelayOutcome]))
+  // One round syncs every relay at once. A session to one relay can queue new
+  // uploads for the others (the receipts for what it fetched) after those
+  // sessions finished, so with --until-empty further rounds run for the
+  // relays that have something pending again.
+  let round = [...options.relays]
+  while (round.length > 0) {
+    await Promise.all(round.map((relay) => runRelay(relay, outcomes.get(relay)!)))
+    if (!options.untilEmpty || signal.aborted) break
+    const now = ctx.env.clock.now()
+    const next: string[] = []
+    for (const relay of round) {
+      const o = outcomes.get(relay)!
+      const rejected = new Set(o.rejected.map((r) => r.id))
+      const pending = (await ctx.outbox.pendingFor(relay, now)).filter((r) => !rejected.has(r.id))
+      if (o.ok && pending.length > 0) next.push(relay)
+    }
+    round = next
+  }
+  const relays = [...outcomes.values()]
   if (timer) clearTimeout(timer)
   options.signal?.removeEventListener('abort', onOuterAbort)
   const timedOut = signal.aborted && signal.reason === timeoutError

@@ -53,7 +53,7 @@ function sqn(x: bigint, n: number): bigint {
 // z^((p-5)/8) = z^(2^252 - 3) by ref10's addition chain: 251 squarings + 11 multiplications.
 function pow2523(z: bigint): bigint {
   const z2 = (z * z) % P
-  const z9 = (sqn(z2, 2) * z2) % P
+  const z9 = (sqn(z2, 2) * z) % P
   const z11 = (z9 * z2) % P
   const z5_0 = (((z11 * z11) % P) * z9) % P
   const z10_0 = (sqn(z5_0, 5) * z5_0) % P

@@ -494,8 +494,12 @@ export class SyncSession {
     }
     const from = formatAddress(opened.from)
     if (opened.content.kind === Kind.receipt) {
-      const { ops, delivered } = await outbox.deliveredOps(opened.content.ids.map(toHex), from, now)
-      await inbox.apply([...ops, ...(await inbox.receiptOps(d.hex, from, now))])
+      const content = opened.content
+      const delivered = await outbox.exclusive(async () => {
+        const r = await outbox.deliveredOps(content.ids.map(toHex), from, now)
+        await inbox.apply([...r.ops, ...(await inbox.receiptOps(d.hex, from, now))])
+        return r.delivered
+      })
       this.emit({ type: 'received', relay: this.relay, id: d.hex, as: 'receipt' })
       if (delivered.length > 0) this.emit({ type: 'delivered', ids: delivered })
       return

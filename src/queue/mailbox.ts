@@ -53,7 +53,10 @@ interface Partial {
   size: number
   mailbox: string
   expiresAt: number
+  /** Indices taken: committed or being committed. */
   have: Set<number>
+  /** Indices whose commit has resolved: the only ones ever reported to a sender. */
+  durable: Set<number>
   commits: Map<number, Promise<void>>
 }
 
@@ -67,6 +70,8 @@ const TOMB_EXPIRY = 'te!'
 export class MailboxStore {
   private readonly partials = new Map<string, Partial>()
   private readonly loading = new Map<string, Promise<Partial | undefined>>()
+  /** Single-chunk envelopes being verified and committed, so a concurrent duplicate waits instead of listing it twice. */
+  private readonly singles = new Map<string, Promise<PutResult>>()
 
   constructor(
     readonly db: Db,
@@ -87,7 +92,7 @@ export class MailboxStore {
     const meta = parseJson<StoredMeta>(m)
     if (meta.complete) return { kind: 'stored' }
     const p = await this.partial(id, meta)
-    return { kind: 'partial', size: meta.size, have: rangesFromIndices(p?.have ?? []) }
+    return { kind: 'partial', size: meta.size, have: rangesFromIndices(p?.durable ?? []) }
   }
 
   private async partial(id: string, meta: StoredMeta | undefined): Promise<Partial | undefined> {
@@ -100,7 +105,7 @@ export class MailboxStore {
         const have = new Set<number>()
         const prefix = CHUNK + id + '!'
         for await (const k of scanKeys(this.db, prefix)) have.add(Number(k.slice(prefix.length)))
-        const p: Partial = { size: meta.size, mailbox: meta.mailbox, expiresAt: meta.expires_at, have, commits: new Map() }
+        const p: Partial = { size: meta.size, mailbox: meta.mailbox, expiresAt: meta.expires_at, have, durable: new Set(have), commits: new Map() }
         if (!this.partials.has(id)) this.partials.set(id, p)
         return this.partials.get(id)
       })()
@@ -123,19 +128,20 @@ export class MailboxStore {
       throw new ChaparError(ErrorCode.BAD_FRAME, 'chunk disagrees with earlier chunks of the same id')
     }
     const total = chunkCount(c.size)
-    if (total === 1) return this.complete(id, c, now, new Map([[0, c.data]]))
+    if (total === 1) return this.putSingle(id, c, now)
 
     let p = await this.partial(id, meta)
     if (!p) {
-      p = this.partials.get(id) ?? { size: c.size, mailbox, expiresAt: c.expiresAt, have: new Set(), commits: new Map() }
+      p = this.partials.get(id) ?? { size: c.size, mailbox, expiresAt: c.expiresAt, have: new Set(), durable: new Set(), commits: new Map() }
       this.partials.set(id, p)
     }
     if (p.size !== c.size || p.mailbox !== mailbox || p.expiresAt !== c.expiresAt) {
       throw new ChaparError(ErrorCode.BAD_FRAME, 'chunk disagrees with earlier chunks of the same id')
     }
     if (p.have.has(c.index)) {
+      // Answer only once the first copy is durable (or share its failure).
       await p.commits.get(c.index)
-      return this.partials.has(id) ? { kind: 'partial', have: rangesFromIndices(p.have) } : { kind: 'stored', fresh: false }
+      return this.partials.has(id) ? { kind: 'partial', have: rangesFromIndices(p.durable) } : { kind: 'stored', fresh: false }
     }
     p.have.add(c.index)
     if (p.have.size < total) {
@@ -153,19 +159,45 @@ export class MailboxStore {
         p.commits.delete(c.index)
         throw err
       }
-      return { kind: 'partial', have: rangesFromIndices(p.have) }
+      p.durable.add(c.index)
+      return { kind: 'partial', have: rangesFromIndices(p.durable) }
     }
     // The last missing chunk: wait for every earlier chunk's commit, then verify the whole.
-    await Promise.all(p.commits.values())
-    const done = this.complete(id, c, now, new Map([[c.index, c.data]]))
-    const finished = done.then(() => undefined)
+    // Register the completion before waiting, so a duplicate of this chunk waits for it too.
+    const earlier = [...p.commits.values()]
+    let settle!: { resolve: () => void; reject: (err: unknown) => void }
+    const finished = new Promise<void>((resolve, reject) => (settle = { resolve, reject }))
+    finished.catch(() => {}) // duplicates may await it; nobody has to (an unhandled rejection kills the relay)
     p.commits.set(c.index, finished)
     try {
-      return await done
+      await Promise.all(earlier)
+      const result = await this.complete(id, c, now, new Map([[c.index, c.data]]))
+      settle.resolve()
+      return result
     } catch (err) {
+      settle.reject(err)
       p.have.delete(c.index)
       p.commits.delete(c.index)
       throw err
+    }
+  }
+
+  /** A one-chunk envelope: concurrent copies of it share one verification and one listing. */
+  private async putSingle(id: string, c: ChunkPut, now: number): Promise<PutResult> {
+    for (let pending = this.singles.get(id); pending; pending = this.singles.get(id)) {
+      try {
+        await pending
+        return { kind: 'stored', fresh: false }
+      } catch {
+        // That copy was bad (or its write failed): judge ours on its own bytes.
+      }
+    }
+    const mine = this.complete(id, c, now, new Map([[0, c.data]]))
+    this.singles.set(id, mine)
+    try {
+      return await mine
+    } finally {
+      if (this.singles.get(id) === mine) this.singles.delete(id)
     }
   }
 
@@ -195,7 +227,7 @@ export class MailboxStore {
       }
     }
     if (problem) {
-      await this.discard(id)
+      await this.discard(id, c.expiresAt)
       throw new ChaparError(ErrorCode.BAD_ENVELOPE, problem)
     }
     const metaValue: StoredMeta = { mailbox, size: c.size, expires_at: c.expiresAt, received_at: now, complete: true }
@@ -210,9 +242,12 @@ export class MailboxStore {
     return { kind: 'stored', fresh: true }
   }
 
-  private async discard(id: string): Promise<void> {
+  private async discard(id: string, expiresAt: number): Promise<void> {
     this.partials.delete(id)
-    const ops: BatchOp[] = [{ type: 'del', key: META + id }]
+    const ops: BatchOp[] = [
+      { type: 'del', key: META + id },
+      { type: 'del', key: EXPIRY + pad(expiresAt) + '!' + id },
+    ]
     for await (const k of scanKeys(this.db, CHUNK + id + '!')) ops.push({ type: 'del', key: k })
     await this.commit.write(ops)
   }

@@ -44,7 +44,21 @@ export function isFinal(r: OutboxRecord): boolean {
 }
 
 export class Outbox {
+  private tail: Promise<unknown> = Promise.resolve()
+
   constructor(readonly db: Db) {}
+
+  /**
+   * Run `fn` with no other record update of this outbox interleaved. Record
+   * updates are read-modify-write; sessions with several relays run them
+   * concurrently, and without this a relay's ack can overwrite a delivery.
+   * Callers applying `deliveredOps` must wrap the read and the write in it.
+   */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.tail.then(fn, fn)
+    this.tail = run.catch(() => undefined)
+    return run
+  }
 
   /** Ops that enqueue an envelope; returned so callers can commit them with other writes atomically. */
   addOps(record: OutboxRecord, envelope: Uint8Array): BatchOp[] {
@@ -82,10 +96,14 @@ export class Outbox {
   }
 
   /** Record that `relay` holds these envelopes durably. Idempotent. */
-  async markAccepted(ids: readonly string[], relay: string, now: number): Promise<OutboxRecord[]> {
+  markAccepted(ids: readonly string[], relay: string, now: number): Promise<OutboxRecord[]> {
+    return this.exclusive(() => this.markAcceptedNow(ids, relay, now))
+  }
+
+  private async markAcceptedNow(ids: readonly string[], relay: string, now: number): Promise<OutboxRecord[]> {
     const ops: BatchOp[] = []
     const changed: OutboxRecord[] = []
-    for (const id of ids) {
+    for (const id of new Set(ids)) {
       const r = await this.get(id)
       if (!r || r.relays.includes(relay)) continue
       r.relays.push(relay)
@@ -107,7 +125,7 @@ export class Outbox {
   async deliveredOps(ids: readonly string[], signer: string, now: number): Promise<{ ops: BatchOp[]; delivered: string[] }> {
     const ops: BatchOp[] = []
     const delivered: string[] = []
-    for (const id of ids) {
+    for (const id of new Set(ids)) {
       const r = await this.get(id)
       if (!r || r.kind !== 'report' || r.to !== signer || r.state === OutboxState.delivered) continue
       r.state = OutboxState.delivered
@@ -119,7 +137,11 @@ export class Outbox {
   }
 
   /** Expire everything past its TTL that was not delivered; reported, never silent. */
-  async expire(now: number): Promise<OutboxRecord[]> {
+  expire(now: number): Promise<OutboxRecord[]> {
+    return this.exclusive(() => this.expireNow(now))
+  }
+
+  private async expireNow(now: number): Promise<OutboxRecord[]> {
     const ops: BatchOp[] = []
     const expired: OutboxRecord[] = []
     for (const r of await this.list()) {

@@ -128,6 +128,8 @@ export class SyncSession {
   private readonly startedAt: number
   private lastFrameAt: number
   private helloSeen = false
+  private challenge: Uint8Array | undefined
+  private authSentAt: number | undefined
   private authed = false
   private maxEnvelope = MAX_ENVELOPE_BYTES
 
@@ -243,6 +245,7 @@ export class SyncSession {
         return this.onHello(f)
       case FrameType.AUTH_OK:
         if (!equal(f.mailbox, this.ctx.me.mailbox)) throw new ProtocolError(ErrorCode.BAD_FRAME, 'relay confirmed the wrong mailbox')
+        if (this.authed) return // a repeated AUTH_OK
         this.authed = true
         this.sendList()
         return
@@ -267,9 +270,16 @@ export class SyncSession {
     this.helloSeen = true
     this.maxEnvelope = Math.min(MAX_ENVELOPE_BYTES, f.maxEnvelope)
     this.emit({ type: 'connected', relay: this.relay })
-    const signature = sign(concat([AUTH_DOMAIN, f.challenge]), this.ctx.me.signSecretKey)
-    this.send({ type: FrameType.AUTH, signPublicKey: this.ctx.me.address.signPublicKey, signature })
+    this.challenge = f.challenge.slice()
+    this.sendAuth()
     await this.pumpUploads()
+  }
+
+  private sendAuth(): void {
+    if (!this.challenge) return
+    this.authSentAt = this.now()
+    const signature = sign(concat([AUTH_DOMAIN, this.challenge]), this.ctx.me.signSecretKey)
+    this.send({ type: FrameType.AUTH, signPublicKey: this.ctx.me.address.signPublicKey, signature })
   }
 
   // ---- upload ----------------------------------------------------------
@@ -554,7 +564,8 @@ export class SyncSession {
     if (!this.helloSeen && now - this.startedAt > HELLO_TIMEOUT_MS) {
       throw new ChaparError(ErrorCode.TIMEOUT, `no HELLO from ${this.relay} in ${HELLO_TIMEOUT_MS / 1000}s`)
     }
-    const outstanding = this.uploads.size > 0 || this.downloads.size > 0 || this.listSentAt !== undefined
+    const outstanding = this.uploads.size > 0 || this.downloads.size > 0 || this.listSentAt !== undefined || (this.helloSeen && !this.authed)
+    if (this.helloSeen && !this.authed && this.authSentAt !== undefined && now - this.authSentAt > RESEND_AFTER_MS) this.sendAuth()
     if (outstanding && now - this.lastFrameAt > IDLE_TIMEOUT_MS) {
       throw new ChaparError(ErrorCode.TIMEOUT, `no answer from ${this.relay} in ${IDLE_TIMEOUT_MS / 1000}s`)
     }

@@ -58,7 +58,7 @@ export function compose(args: {
 }
 
 export function parsePriority(s: string): number {
-  if (!(s in Priority)) throw new ChaparError(ErrorCode.BAD_INPUT, `priority must be one of ${Object.keys(Priority).join(', ')}`)
+  if (!Object.hasOwn(Priority, s)) throw new ChaparError(ErrorCode.BAD_INPUT, `priority must be one of ${Object.keys(Priority).join(', ')}`)
   return Priority[s as keyof typeof Priority]
 }
 

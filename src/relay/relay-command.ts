@@ -17,6 +17,10 @@ function log(msg: string, fields: Record<string, unknown> = {}): void {
 export async function cmdRelay(opts: { host: string; port: string; data: string; maxEnvelope?: string; verbose?: boolean }): Promise<number> {
   const port = Number(opts.port)
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InputError(`--port must be an integer 0..65535, got "${opts.port}"`)
+  const maxEnvelope = opts.maxEnvelope === undefined ? undefined : Number(opts.maxEnvelope)
+  if (maxEnvelope !== undefined && !(Number.isSafeInteger(maxEnvelope) && maxEnvelope >= 1024)) {
+    throw new InputError(`--max-envelope must be a whole number of bytes ≥ 1024, got "${opts.maxEnvelope}"`)
+  }
   const dataDir = path.resolve(opts.data)
   let db
   try {
@@ -27,7 +31,7 @@ export async function cmdRelay(opts: { host: string; port: string; data: string;
     throw new InputError(`cannot open relay data in ${dataDir}: ${(err as Error).message}`)
   }
   const commit = new GroupCommit(db, true)
-  const relay = new Relay(new MailboxStore(db, commit), systemEnv, opts.maxEnvelope ? { maxEnvelope: Number(opts.maxEnvelope) } : {})
+  const relay = new Relay(new MailboxStore(db, commit), systemEnv, maxEnvelope ? { maxEnvelope } : {})
   relay.onEvent = (e) => {
     if (e.type === 'error') log('refused', { code: e.code, reason: e.message })
     else if (opts.verbose && e.type === 'stored') log('stored', { id: e.id, size: e.size })

@@ -1,12 +1,13 @@
 import { mkdir } from 'node:fs/promises'
 import type { AbstractLevel } from 'abstract-level'
-import { ClassicLevel } from 'classic-level'
+import { Level } from 'level'
 import { MemoryLevel } from 'memory-level'
 
 /**
  * Every store in Chapar is one abstract-level database with utf8 keys and
  * byte values; each store owns a key prefix. The real drivers open
- * classic-level (LevelDB) on disk; tests and the simulator use memory-level.
+ * LevelDB on disk through `level` (classic-level on Node, IndexedDB in a
+ * browser); tests and the simulator use memory-level.
  */
 export type Db = AbstractLevel<any, string, Uint8Array>
 
@@ -18,7 +19,7 @@ export interface BatchOp {
 
 export async function openDiskDb(dir: string): Promise<Db> {
   await mkdir(dir, { recursive: true })
-  const db = new ClassicLevel<string, Uint8Array>(dir, { keyEncoding: 'utf8', valueEncoding: 'view' })
+  const db = new Level<string, Uint8Array>(dir, { keyEncoding: 'utf8', valueEncoding: 'view' })
   await db.open()
   return db as unknown as Db
 }

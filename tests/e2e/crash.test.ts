@@ -96,3 +96,45 @@ it('survives kill -9 of the relay mid-sync: exactly-once delivery, every message
   second.child.kill('SIGTERM')
   await second.exited
 }, 180_000)
+
+it('survives kill -9 of the sending client mid-sync: the next sync finishes the job, nothing twice', async () => {
+  const alice = path.join(dir, 'alice2')
+  const bob = path.join(dir, 'bob2')
+  await chapar(['init', '--home', alice])
+  await chapar(['init', '--home', bob])
+  const bobAddress = (await chapar(['whoami', '--home', bob])).stdout.trim()
+  const home = await openHome(alice)
+  const ids: string[] = []
+  for (let i = 0; i < MESSAGES; i++) {
+    const c = compose({
+      outbox: home.outbox,
+      me: home.me,
+      to: parseAddress(bobAddress),
+      content: { kind: Kind.report, text: `report ${i} ` + 'y'.repeat(100_000) },
+      now: Date.now(),
+      ttlMs: 24 * 3600_000,
+      priority: Priority.normal,
+    })
+    await home.outbox.add(c.record, c.envelope)
+    ids.push(c.record.id)
+  }
+  await home.close()
+  const relay = await startRelay(path.join(dir, 'relay-data-2'), 0, ['--verbose'])
+  relays.push(relay)
+  const sync = start(['sync', '--home', alice, '--relay', relay.url, '--until-empty', '--timeout', '90'])
+  await waitFor(() => relay.lines.filter((l) => l.includes('"stored"')).length >= 20, 30_000, 'relay to store 20 messages')
+  sync.child.kill('SIGKILL')
+  await sync.exited
+  expect(relay.lines.filter((l) => l.includes('"stored"')).length).toBeLessThan(MESSAGES)
+
+  const again = await chapar(['sync', '--home', alice, '--relay', relay.url, '--until-empty', '--timeout', '90'])
+  expect(again.code).toBe(0)
+  const status = JSON.parse((await chapar(['status', '--home', alice, '--json'])).stdout) as Array<{ state: string }>
+  expect(status.filter((r) => r.state === 'accepted')).toHaveLength(MESSAGES)
+  expect(relay.lines.filter((l) => l.includes('"stored"'))).toHaveLength(MESSAGES) // each stored once
+  expect((await chapar(['sync', '--home', bob, '--relay', relay.url, '--until-empty', '--timeout', '90'])).code).toBe(0)
+  const inbox = JSON.parse((await chapar(['inbox', '--home', bob, '--json'])).stdout) as Array<{ id: string }>
+  expect(inbox.map((m) => m.id).sort()).toEqual([...ids].sort())
+  relay.child.kill('SIGTERM')
+  await relay.exited
+}, 180_000)

@@ -2,7 +2,8 @@
 
 export const EMPTY = new Uint8Array(0)
 const encoder = new TextEncoder()
-const decoder = new TextDecoder('utf-8', { fatal: true })
+// ignoreBOM: keep a leading U+FEFF as text; the default silently strips it, so strings would not round-trip.
+const decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
 
 export function utf8(s: string): Uint8Array {
   return encoder.encode(s)
@@ -47,7 +48,10 @@ export function toBase64url(b: Uint8Array): string {
 
 export function fromBase64url(s: string): Uint8Array {
   if (!/^[A-Za-z0-9_-]*$/.test(s)) throw new TypeError('not base64url')
-  return new Uint8Array(Buffer.from(s, 'base64url'))
+  const out = Buffer.from(s, 'base64url')
+  // Buffer ignores a dangling character and non-zero padding bits; accept only the one canonical spelling.
+  if (out.toString('base64url') !== s) throw new TypeError('not canonical base64url')
+  return new Uint8Array(out)
 }
 
 /** Growable writer for fixed-layout binary encodings (big-endian). */
@@ -63,7 +67,7 @@ export class Writer {
 
   private reserve(n: number): void {
     if (this.length + n <= this.buf.length) return
-    let cap = this.buf.length * 2
+    let cap = Math.max(16, this.buf.length * 2)
     while (cap < this.length + n) cap *= 2
     const next = new Uint8Array(cap)
     next.set(this.buf.subarray(0, this.length))
@@ -71,7 +75,12 @@ export class Writer {
     this.view = new DataView(next.buffer)
   }
 
+  private static check(v: number, max: number): void {
+    if (!Number.isInteger(v) || v < 0 || v > max) throw new RangeError(`${v} does not fit in 0..${max}`)
+  }
+
   u8(v: number): this {
+    Writer.check(v, 0xff)
     this.reserve(1)
     this.view.setUint8(this.length, v)
     this.length += 1
@@ -79,6 +88,7 @@ export class Writer {
   }
 
   u16(v: number): this {
+    Writer.check(v, 0xffff)
     this.reserve(2)
     this.view.setUint16(this.length, v)
     this.length += 2
@@ -86,6 +96,7 @@ export class Writer {
   }
 
   u32(v: number): this {
+    Writer.check(v, 0xffffffff)
     this.reserve(4)
     this.view.setUint32(this.length, v)
     this.length += 4

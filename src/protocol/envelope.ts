@@ -12,7 +12,7 @@
  * it decrypted, before decoding anything else of the body.
  */
 import nacl from 'tweetnacl'
-import { concat, equal, Reader, utf8, Writer } from './bytes.js'
+import { concat, equal, fromUtf8, Reader, utf8, Writer } from './bytes.js'
 import { ChaparError, ErrorCode } from './errors.js'
 import { HASH_BYTES, mailboxId } from './hash.js'
 import type { Address } from './address.js'
@@ -24,6 +24,7 @@ export const BOX_OVERHEAD = nacl.box.overheadLength
 /** Largest attachment a report may carry (a short video). */
 export const MAX_FILE_BYTES = 64 * 1024 * 1024
 export const MAX_TEXT_BYTES = 1024 * 1024
+export const MAX_FILE_NAME_BYTES = 1024
 /** Largest envelope anyone should accept: the biggest report plus headers. */
 export const MAX_ENVELOPE_BYTES = MAX_FILE_BYTES + MAX_TEXT_BYTES + 64 * 1024
 const SIGN_DOMAIN = utf8('chapar/v1/envelope\0')
@@ -83,7 +84,14 @@ export function decodeHeader(envelope: Uint8Array): Header {
   if (envelope.length < HEADER_BYTES) throw new ChaparError(ErrorCode.BAD_ENVELOPE, 'envelope too short')
   const r = new Reader(envelope)
   if (!equal(r.bytes(4), ENVELOPE_MAGIC)) throw new ChaparError(ErrorCode.BAD_ENVELOPE, 'not a chapar v1 envelope')
-  return { mailbox: r.bytes(32), expiresAt: r.u64(), ephemeralPublicKey: r.bytes(32), nonce: r.bytes(24) }
+  const mailbox = r.bytes(32)
+  let expiresAt: number
+  try {
+    expiresAt = r.u64()
+  } catch (err) {
+    throw new ChaparError(ErrorCode.BAD_ENVELOPE, 'envelope expiry beyond 2^53', { cause: err })
+  }
+  return { mailbox, expiresAt, ephemeralPublicKey: r.bytes(32), nonce: r.bytes(24) }
 }
 
 function encodeBody(from: Address, to: Address, createdAt: number, priority: number, content: Content): Uint8Array {
@@ -92,6 +100,9 @@ function encodeBody(from: Address, to: Address, createdAt: number, priority: num
   if (content.kind === Kind.report) {
     const text = content.text === undefined ? undefined : utf8(content.text)
     if (text && text.length > MAX_TEXT_BYTES) throw new ChaparError(ErrorCode.TOO_LARGE, `text is ${text.length} bytes; the limit is ${MAX_TEXT_BYTES}`)
+    if (content.file && utf8(content.file.name).length > MAX_FILE_NAME_BYTES) {
+      throw new ChaparError(ErrorCode.TOO_LARGE, `file name is ${utf8(content.file.name).length} bytes; the limit is ${MAX_FILE_NAME_BYTES}`)
+    }
     if (content.file && content.file.data.length > MAX_FILE_BYTES) {
       throw new ChaparError(ErrorCode.TOO_LARGE, `file is ${content.file.data.length} bytes; the limit is ${MAX_FILE_BYTES}`)
     }
@@ -102,7 +113,10 @@ function encodeBody(from: Address, to: Address, createdAt: number, priority: num
   } else {
     if (content.ids.length > 0xffff) throw new ChaparError(ErrorCode.TOO_LARGE, 'too many ids in one receipt')
     w.u16(content.ids.length)
-    for (const id of content.ids) w.bytes(id)
+    for (const id of content.ids) {
+      if (id.length !== HASH_BYTES) throw new ChaparError(ErrorCode.BAD_INPUT, `receipt id of ${id.length} bytes; ids are ${HASH_BYTES}`)
+      w.bytes(id)
+    }
   }
   return w.finish()
 }
@@ -130,6 +144,12 @@ export function seal(args: {
   const signature = sign(concat([SIGN_DOMAIN, headerBytes, body]), args.from.signSecretKey)
   const sealed = nacl.box(concat([signature, body]), header.nonce, args.to.boxPublicKey, ephemeral.secretKey)
   return concat([headerBytes, sealed])
+}
+
+function flag(r: Reader): boolean {
+  const b = r.u8()
+  if (b > 1) throw new RangeError(`flag byte ${b}`)
+  return b === 1
 }
 
 /**
@@ -166,8 +186,8 @@ export function open(
     const priority = r.u8()
     let content: Content
     if (kind === Kind.report) {
-      const text = r.u8() === 1 ? new TextDecoder('utf-8', { fatal: true }).decode(r.lbytes(MAX_TEXT_BYTES)) : undefined
-      const file = r.u8() === 1 ? { name: r.str(1024), data: r.lbytes(MAX_FILE_BYTES).slice() } : undefined
+      const text = flag(r) ? fromUtf8(r.lbytes(MAX_TEXT_BYTES)) : undefined
+      const file = flag(r) ? { name: r.str(MAX_FILE_NAME_BYTES), data: r.lbytes(MAX_FILE_BYTES).slice() } : undefined
       content = { kind: Kind.report, ...(text !== undefined ? { text } : {}), ...(file ? { file } : {}) }
     } else if (kind === Kind.receipt) {
       const n = r.u16()

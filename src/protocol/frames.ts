@@ -4,7 +4,7 @@
  * length it has not checked against a limit. Every frame is idempotent:
  * receiving any of them twice changes nothing.
  */
-import { Reader, Writer } from './bytes.js'
+import { fromUtf8, Reader, utf8, Writer } from './bytes.js'
 import { ErrorCode, ProtocolError, WIRE_ERROR_CODES, errorCodeFromWire } from './errors.js'
 import { HASH_BYTES } from './hash.js'
 import type { Ranges } from './ranges.js'
@@ -77,10 +77,24 @@ export function chunkLength(size: number, index: number): number {
   return Math.min(CHUNK_BYTES, size - index * CHUNK_BYTES)
 }
 
+const MAX_ERROR_MESSAGE_BYTES = 500
+
+/** The longest prefix of s whose UTF-8 encoding fits in maxBytes, cut at a character boundary. */
+function clipUtf8(s: string, maxBytes: number): string {
+  const b = utf8(s)
+  if (b.length <= maxBytes) return s
+  let end = maxBytes
+  while (end > 0 && (b[end]! & 0xc0) === 0x80) end--
+  return fromUtf8(b.subarray(0, end))
+}
+
 function writeIds(w: Writer, ids: readonly Uint8Array[]): void {
   if (ids.length > MAX_IDS_PER_FRAME) throw new RangeError('too many ids for one frame')
   w.u16(ids.length)
-  for (const id of ids) w.bytes(id)
+  for (const id of ids) {
+    if (id.length !== HASH_BYTES) throw new RangeError(`id of ${id.length} bytes`)
+    w.bytes(id)
+  }
 }
 
 function writeRanges(w: Writer, r: Ranges): void {
@@ -130,7 +144,7 @@ export function encodeFrame(f: Frame): Uint8Array {
       w.bytes(f.id).u32(f.size).u32(f.index).bytes(f.data)
       break
     case FrameType.ERROR:
-      w.u16(WIRE_ERROR_CODES[f.code]).bytes(f.id ?? ZERO_ID).str(f.message.slice(0, 500))
+      w.u16(WIRE_ERROR_CODES[f.code]).bytes(f.id ?? ZERO_ID).str(clipUtf8(f.message, MAX_ERROR_MESSAGE_BYTES))
       break
   }
   return w.finish()
@@ -206,7 +220,9 @@ export function decodeFrame(bytes: Uint8Array, maxEnvelope = Number.MAX_SAFE_INT
         f = { type, max: r.u16() }
         break
       case FrameType.INDEX: {
-        const more = r.u8() === 1
+        const moreByte = r.u8()
+        if (moreByte > 1) throw new RangeError(`INDEX more flag ${moreByte}`)
+        const more = moreByte === 1
         const n = r.u16()
         if (n > MAX_IDS_PER_FRAME) throw new RangeError(`${n} entries exceed ${MAX_IDS_PER_FRAME}`)
         const entries: IndexEntry[] = []
@@ -236,7 +252,7 @@ export function decodeFrame(bytes: Uint8Array, maxEnvelope = Number.MAX_SAFE_INT
       case FrameType.ERROR: {
         const code = errorCodeFromWire(r.u16())
         const id = r.bytes(HASH_BYTES)
-        const message = r.str(500)
+        const message = r.str(MAX_ERROR_MESSAGE_BYTES)
         f = { type, code, id: id.every((b) => b === 0) ? undefined : id, message }
         break
       }

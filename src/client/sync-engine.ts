@@ -499,8 +499,9 @@ export class SyncSession {
     try {
       opened = open(envelope, { address: me.address, boxSecretKey: me.boxSecretKey }, this.ctx.verify)
     } catch (err) {
+      // open() is pure: whatever it throws is about these bytes, never about our disk or link.
       if (err instanceof ChaparError) return quarantine(err.code, err.message)
-      throw err
+      return quarantine(ErrorCode.BAD_ENVELOPE, `malformed envelope: ${(err as Error).message}`)
     }
     const from = formatAddress(opened.from)
     if (opened.content.kind === Kind.receipt) {

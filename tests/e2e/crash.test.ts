@@ -27,15 +27,17 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true })
 })
 
-it('survives kill -9 of the relay mid-sync: exactly-once delivery, every message delivered', async () => {
-  const alice = path.join(dir, 'alice')
-  const bob = path.join(dir, 'bob')
-  const data = path.join(dir, 'relay-data')
+/**
+ * Two fresh homes, with 200 reports of ~100 KB (two chunks each) queued in
+ * alice's outbox through the same code path as `chapar send` (200 CLI spawns
+ * would cost ~40 s).
+ */
+async function aliceAndBob(tag: string): Promise<{ alice: string; bob: string; ids: string[] }> {
+  const alice = path.join(dir, 'alice' + tag)
+  const bob = path.join(dir, 'bob' + tag)
   await chapar(['init', '--home', alice])
   await chapar(['init', '--home', bob])
   const bobAddress = (await chapar(['whoami', '--home', bob])).stdout.trim()
-
-  // 200 reports of ~100 KB (two chunks each) queued through the same code path as `chapar send` (200 CLI spawns would cost ~40 s).
   const home = await openHome(alice)
   const ids: string[] = []
   for (let i = 0; i < MESSAGES; i++) {
@@ -52,6 +54,12 @@ it('survives kill -9 of the relay mid-sync: exactly-once delivery, every message
     ids.push(c.record.id)
   }
   await home.close()
+  return { alice, bob, ids }
+}
+
+it('survives kill -9 of the relay mid-sync: exactly-once delivery, every message delivered', async () => {
+  const { alice, bob, ids } = await aliceAndBob('1')
+  const data = path.join(dir, 'relay-data')
 
   const first = await startRelay(data, 0, ['--verbose'])
   relays.push(first)
@@ -98,27 +106,7 @@ it('survives kill -9 of the relay mid-sync: exactly-once delivery, every message
 }, 180_000)
 
 it('survives kill -9 of the sending client mid-sync: the next sync finishes the job, nothing twice', async () => {
-  const alice = path.join(dir, 'alice2')
-  const bob = path.join(dir, 'bob2')
-  await chapar(['init', '--home', alice])
-  await chapar(['init', '--home', bob])
-  const bobAddress = (await chapar(['whoami', '--home', bob])).stdout.trim()
-  const home = await openHome(alice)
-  const ids: string[] = []
-  for (let i = 0; i < MESSAGES; i++) {
-    const c = compose({
-      outbox: home.outbox,
-      me: home.me,
-      to: parseAddress(bobAddress),
-      content: { kind: Kind.report, text: `report ${i} ` + 'y'.repeat(100_000) },
-      now: Date.now(),
-      ttlMs: 24 * 3600_000,
-      priority: Priority.normal,
-    })
-    await home.outbox.add(c.record, c.envelope)
-    ids.push(c.record.id)
-  }
-  await home.close()
+  const { alice, bob, ids } = await aliceAndBob('2')
   const relay = await startRelay(path.join(dir, 'relay-data-2'), 0, ['--verbose'])
   relays.push(relay)
   const sync = start(['sync', '--home', alice, '--relay', relay.url, '--until-empty', '--timeout', '90'])

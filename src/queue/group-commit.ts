@@ -40,7 +40,7 @@ export class GroupCommit {
       this.inFlight = true
       try {
         await writeBatch(this.db, batch.ops, this.sync)
-        this.batches++
+        if (batch.ops.length > 0) this.batches++
         this.ops += batch.ops.length
         for (const w of batch.waiters) w.resolve()
       } catch (err) {

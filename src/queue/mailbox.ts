@@ -23,6 +23,7 @@ import { type Ranges, rangesFromIndices } from '../protocol/ranges.js'
 import { fromHex } from '../protocol/bytes.js'
 import { type BatchOp, type Db, jsonValue, pad, parseJson, scan, scanKeys } from './db.js'
 import type { GroupCommit } from './group-commit.js'
+import { GroupRead } from './group-read.js'
 
 /** How long after its expiry a delivered id is still remembered (clock skew margin). */
 export const TOMBSTONE_GRACE_MS = 24 * 3600_000
@@ -70,13 +71,17 @@ const TOMB_EXPIRY = 'te!'
 export class MailboxStore {
   private readonly partials = new Map<string, Partial>()
   private readonly loading = new Map<string, Promise<Partial | undefined>>()
+  /** The dedup lookups of concurrent PUTs share one LevelDB read. */
+  private readonly reads: GroupRead
   /** Single-chunk envelopes being verified and committed, so a concurrent duplicate waits instead of listing it twice. */
   private readonly singles = new Map<string, Promise<PutResult>>()
 
   constructor(
     readonly db: Db,
     private readonly commit: GroupCommit,
-  ) {}
+  ) {
+    this.reads = new GroupRead(db)
+  }
 
   private async meta(id: string): Promise<StoredMeta | undefined> {
     const v = await this.db.get(META + id)
@@ -86,7 +91,7 @@ export class MailboxStore {
   /** What the relay holds of `id`: whole (or already delivered), some chunks, or nothing. */
   async holding(idBytes: Uint8Array): Promise<Holding> {
     const id = toHex(idBytes)
-    const [m, t] = await this.db.getMany([META + id, TOMB + id])
+    const [m, t] = await this.reads.getMany([META + id, TOMB + id])
     if (t) return { kind: 'stored' }
     if (!m) return { kind: 'none' }
     const meta = parseJson<StoredMeta>(m)
@@ -120,7 +125,7 @@ export class MailboxStore {
     if (c.expiresAt <= now) throw new ChaparError(ErrorCode.EXPIRED, 'envelope has expired')
     const id = toHex(c.id)
     const mailbox = toHex(c.mailbox)
-    const [m, t] = await this.db.getMany([META + id, TOMB + id])
+    const [m, t] = await this.reads.getMany([META + id, TOMB + id])
     if (t) return { kind: 'stored', fresh: false }
     const meta = m ? parseJson<StoredMeta>(m) : undefined
     if (meta?.complete) return { kind: 'stored', fresh: false }

@@ -65,3 +65,47 @@ export async function keysUnder(db: Db, prefix: string): Promise<string[]> {
   for await (const k of db.keys({ gte: prefix, lt: prefix + '\xff' })) out.push(k)
   return out
 }
+
+export interface BatchCall {
+  keys: string[]
+  sync: unknown
+  /** Set when the real store's write resolved. */
+  committed: boolean
+}
+
+/**
+ * Watch every batch written to `db` (chained, as `writeBatch` does, or the
+ * array form): which keys, with what options, and the moment the real store
+ * has committed them.
+ */
+export function spyBatches(db: Db): { calls: BatchCall[]; committed: Set<string> } {
+  const calls: BatchCall[] = []
+  const committed = new Set<string>()
+  const original = db.batch.bind(db) as unknown as (...args: unknown[]) => any
+  const record = async (keys: string[], options: { sync?: boolean } | undefined, write: () => Promise<void>): Promise<void> => {
+    const call: BatchCall = { keys, sync: options?.sync, committed: false }
+    calls.push(call)
+    await write()
+    call.committed = true
+    for (const k of keys) committed.add(k)
+  }
+  ;(db as unknown as { batch: unknown }).batch = (...args: unknown[]) => {
+    if (args.length > 0) {
+      const [ops, options] = args as [Array<{ key: string }>, { sync?: boolean } | undefined]
+      return record(ops.map((o) => o.key), options, () => original(ops, options))
+    }
+    const chained = original()
+    const keys: string[] = []
+    const proxy: unknown = new Proxy(chained, {
+      get(target, prop) {
+        if (prop === 'put') return (k: string, v: unknown) => (target.put(k, v), keys.push(k), proxy)
+        if (prop === 'del') return (k: string) => (target.del(k), keys.push(k), proxy)
+        if (prop === 'write') return (options?: { sync?: boolean }) => record(keys, options, () => target.write(options))
+        const v = Reflect.get(target, prop)
+        return typeof v === 'function' ? v.bind(target) : v
+      },
+    })
+    return proxy
+  }
+  return { calls, committed }
+}

@@ -2,37 +2,11 @@ import fc from 'fast-check'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { type BatchOp, type Db } from '../../src/queue/db.js'
 import { GroupCommit } from '../../src/queue/group-commit.js'
-import { BACKENDS, type OpenDb, type StoreHarness } from '../helpers/level-stores.js'
+import { BACKENDS, type OpenDb, spyBatches, type StoreHarness } from '../helpers/level-stores.js'
 
 const enc = new TextEncoder()
 const dec = new TextDecoder()
 const put = (key: string, value: string): BatchOp => ({ type: 'put', key, value: enc.encode(value) })
-
-interface BatchCall {
-  keys: string[]
-  sync: unknown
-  /** Set when the underlying db.batch promise settled successfully. */
-  committed: boolean
-}
-
-/**
- * Wrap `db.batch` so the test sees every batch the group commit issues, its
- * options, and the exact moment it is committed by the real store.
- */
-function spyBatches(db: Db): { calls: BatchCall[]; committed: Set<string> } {
-  const calls: BatchCall[] = []
-  const committed = new Set<string>()
-  const original = db.batch.bind(db) as unknown as (ops: BatchOp[], options: { sync?: boolean }) => Promise<void>
-  const spy = async (ops: BatchOp[], options: { sync?: boolean }): Promise<void> => {
-    const call: BatchCall = { keys: ops.map((o) => o.key), sync: options?.sync, committed: false }
-    calls.push(call)
-    await original(ops, options)
-    call.committed = true
-    for (const o of ops) committed.add(o.key)
-  }
-  ;(db as unknown as { batch: unknown }).batch = spy
-  return { calls, committed }
-}
 
 async function readText(db: Db, key: string): Promise<string | undefined> {
   const v = await db.get(key)

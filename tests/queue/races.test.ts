@@ -10,7 +10,7 @@ import { type Db, openMemoryDb, writeBatch } from '../../src/queue/db.js'
 import { GroupCommit } from '../../src/queue/group-commit.js'
 import { MailboxStore } from '../../src/queue/mailbox.js'
 import { Outbox, OutboxState } from '../../src/queue/outbox.js'
-import { keysUnder } from '../helpers/level-stores.js'
+import { keysUnder, spyBatches } from '../helpers/level-stores.js'
 
 const T0 = 1_700_000_000_000
 const a = generateIdentity()
@@ -23,13 +23,7 @@ const put = (e: Uint8Array, id: Uint8Array, i: number) => ({ id, mailbox: b.mail
 const rec = (id: string) => ({ id, to: 'bob', kind: 'report' as const, state: OutboxState.queued, relays: [] as string[], bytes: 1, priority: 1, created_at: 1, expires_at: 1e15, mailbox: 'aa' })
 
 function spyCommitted(db: Db): Set<string> {
-  const committed = new Set<string>()
-  const orig = db.batch.bind(db) as unknown as (ops: Array<{ key: string }>, o: unknown) => Promise<void>
-  ;(db as unknown as { batch: unknown }).batch = async (ops: Array<{ key: string }>, o: unknown) => {
-    await orig(ops, o)
-    for (const op of ops) committed.add(op.key)
-  }
-  return committed
+  return spyBatches(db).committed
 }
 
 describe('a failed multi-chunk completion is a typed refusal, never an unhandled rejection', () => {

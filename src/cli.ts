@@ -64,6 +64,8 @@ program
   .option('--port <port>', 'port to listen on', '7000')
   .option('--data <dir>', 'where the relay keeps its LevelDB', './data')
   .option('--max-envelope <bytes>', 'largest message accepted')
+  .option('--public-url <url>', 'a URL clients dial this relay by, e.g. wss://relay.example.org (repeat for several); mailbox logins for any other relay are refused', collect)
+  .option('--max-ttl <duration>', 'longest expiry accepted (e.g. 35d)')
   .option('--verbose', 'log every stored and delivered envelope')
   .action(run(cmdRelay))
 

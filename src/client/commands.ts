@@ -2,7 +2,7 @@
 import { readFile, stat } from 'node:fs/promises'
 import path from 'node:path'
 import { parseAddress } from '../protocol/address.js'
-import { Kind, MAX_FILE_BYTES, Priority } from '../protocol/envelope.js'
+import { Kind, MAX_FILE_BYTES, MAX_TTL_MS, Priority } from '../protocol/envelope.js'
 import { ChaparError, ErrorCode, InputError } from '../protocol/errors.js'
 import { isFinal } from '../queue/outbox.js'
 import { compose, DEFAULT_TTL_MS, parseDuration, parsePriority } from './compose.js'
@@ -36,6 +36,7 @@ export async function cmdSend(
   const to = parseAddress(opts.to)
   if (opts.text === undefined && opts.file === undefined) throw new InputError('nothing to send: give --text, --file, or both')
   const ttlMs = opts.ttl ? parseDuration(opts.ttl) : DEFAULT_TTL_MS
+  if (ttlMs > MAX_TTL_MS) throw new InputError(`--ttl may be at most ${MAX_TTL_MS / 86_400_000}d (relays refuse longer), got "${opts.ttl}"`)
   const priority = opts.priority ? parsePriority(opts.priority) : Priority.normal
   let file: { name: string; data: Uint8Array } | undefined
   if (opts.file !== undefined) {

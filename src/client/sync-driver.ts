@@ -1,13 +1,15 @@
 /**
- * The sync driver: the real-world side of a sync. For each relay it opens a
- * WebSocket, runs a SyncSession on it, and when the link fails tries again
- * forever (p-retry, full-jitter backoff) until the sessions are done or the
- * overall timeout fires.
+ * The sync driver: the real-world side of a sync. For each relay it runs
+ * two SyncSessions on two WebSockets: an upload session that never
+ * identifies itself, and a mailbox session that logs in and fetches (so a
+ * relay cannot tie what a user sends to who the user is). When a link
+ * fails it tries again forever (p-retry, full-jitter backoff) until the
+ * sessions are done or the overall timeout fires.
  */
 import pRetry from 'p-retry'
 import { ChaparError, ErrorCode } from '../protocol/errors.js'
 import { fullJitterDelay } from './backoff.js'
-import { type ClientContext, type SessionResult, SyncSession } from './sync-engine.js'
+import { type ClientContext, type SessionResult, type SessionRole, SyncSession } from './sync-engine.js'
 import { connectWs, type WsConnection } from './ws-transport.js'
 
 export interface SyncOptions {
@@ -15,7 +17,7 @@ export interface SyncOptions {
   untilEmpty: boolean
   timeoutMs?: number
   /** Called when an attempt fails and the driver will wait `delayMs` before the next. */
-  onRetry?: (relay: string, error: Error, delayMs: number) => void
+  onRetry?: (relay: string, error: Error, delayMs: number, role: SessionRole) => void
   connect?: (url: string) => Promise<WsConnection>
   random?: () => number
   signal?: AbortSignal
@@ -23,12 +25,29 @@ export interface SyncOptions {
 
 export interface RelayOutcome {
   relay: string
+  /** Both connections ended cleanly (with --until-empty: outbox sent, mailbox drained). */
   ok: boolean
   uploaded: number
   received: number
   rejected: SessionResult['rejected']
+  /** Connection attempts, both roles together. */
   attempts: number
   error?: string
+}
+
+type RoleOutcome = RelayOutcome
+
+function merge(up: RoleOutcome, mail: RoleOutcome): RelayOutcome {
+  const errors = [up.error && `upload: ${up.error}`, mail.error && `mailbox: ${mail.error}`].filter(Boolean)
+  return {
+    relay: up.relay,
+    ok: up.ok && mail.ok,
+    uploaded: up.uploaded,
+    received: mail.received,
+    rejected: [...up.rejected, ...mail.rejected],
+    attempts: up.attempts + mail.attempts,
+    ...(errors.length > 0 ? { error: errors.join('; ') } : {}),
+  }
 }
 
 export interface SyncReport {
@@ -84,7 +103,8 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
   const connect = options.connect ?? ((url: string) => connectWs(url))
   const random = options.random ?? Math.random
 
-  const runRelay = async (relay: string, outcome: RelayOutcome): Promise<void> => {
+  /** One role's connection to one relay, retried until it ends cleanly. */
+  const runRelay = async (relay: string, role: SessionRole, outcome: RoleOutcome): Promise<void> => {
     outcome.ok = false
     delete outcome.error
     let failures = 0
@@ -100,7 +120,7 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
             conn.link.close('aborted')
             throw signal.reason
           }
-          const s = new SyncSession(ctx, relay, conn.link, { untilEmpty: options.untilEmpty })
+          const s = new SyncSession(ctx, relay, conn.link, { role, untilEmpty: options.untilEmpty })
           session = s
           conn.onFrame((f) => s.receive(f))
           conn.onClose((reason) => s.closed(reason))
@@ -125,7 +145,7 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
           onFailedAttempt: async ({ error }) => {
             if (signal.aborted) return
             const delay = fullJitterDelay(failures++, random)
-            options.onRetry?.(relay, error, delay)
+            options.onRetry?.(relay, error, delay, role)
             await sleep(delay, signal).catch(() => {})
           },
         },
@@ -139,26 +159,28 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
     }
   }
 
-  const outcomes = new Map(options.relays.map((relay) => [relay, { relay, ok: false, uploaded: 0, received: 0, rejected: [], attempts: 0 } as RelayOutcome]))
-  // One round syncs every relay at once. A session to one relay can queue new
-  // uploads for the others (the receipts for what it fetched) after those
-  // sessions finished, so with --until-empty further rounds run for the
-  // relays that have something pending again.
-  let round = [...options.relays]
-  while (round.length > 0) {
-    await Promise.all(round.map((relay) => runRelay(relay, outcomes.get(relay)!)))
-    if (!options.untilEmpty || signal.aborted) break
+  const fresh = (relay: string): RoleOutcome => ({ relay, ok: false, uploaded: 0, received: 0, rejected: [], attempts: 0 })
+  const uploads = new Map(options.relays.map((relay) => [relay, fresh(relay)]))
+  const mailboxes = new Map(options.relays.map((relay) => [relay, fresh(relay)]))
+  // The first round runs both connections to every relay at once. A mailbox
+  // session queues receipts for what it fetched, possibly after the upload
+  // sessions finished, so with --until-empty further rounds run the upload
+  // side again for the relays that have something pending.
+  await Promise.all(options.relays.flatMap((relay) => [runRelay(relay, 'upload', uploads.get(relay)!), runRelay(relay, 'mailbox', mailboxes.get(relay)!)]))
+  let round = options.untilEmpty ? [...options.relays] : []
+  while (round.length > 0 && !signal.aborted) {
     const now = ctx.env.clock.now()
     const next: string[] = []
     for (const relay of round) {
-      const o = outcomes.get(relay)!
+      const o = uploads.get(relay)!
       const rejected = new Set(o.rejected.map((r) => r.id))
       const pending = (await ctx.outbox.pendingFor(relay, now)).filter((r) => !rejected.has(r.id))
       if (o.ok && pending.length > 0) next.push(relay)
     }
     round = next
+    await Promise.all(round.map((relay) => runRelay(relay, 'upload', uploads.get(relay)!)))
   }
-  const relays = [...outcomes.values()]
+  const relays = options.relays.map((relay) => merge(uploads.get(relay)!, mailboxes.get(relay)!))
   if (timer) clearTimeout(timer)
   options.signal?.removeEventListener('abort', onOuterAbort)
   const timedOut = signal.aborted && signal.reason === timeoutError

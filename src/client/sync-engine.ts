@@ -4,22 +4,25 @@
  * Theory of operation. The engine is a state machine with no I/O of its
  * own: the driver feeds it frames (`receive`) and link loss (`closed`), and
  * it writes frames to the `Link` it was given, reads time from `env.clock`
- * and arms one periodic tick on `env.timers`. Two pipelines share the link:
+ * and arms one periodic tick on `env.timers`. A session has one of two
+ * roles, and the driver opens one connection for each:
  *
  *   upload:   outbox → PUT chunks (window of bytes in flight) → STORED/HAVE
  *             → outbox marks the relay as holding the envelope.
  *             Multi-chunk envelopes start with QUERY, so after any break
- *             only the chunks the relay lacks are sent again.
- *   download: LIST → INDEX → GET missing chunks (window of chunks) → CHUNK,
- *             persisted as they come → verify + decrypt → one fsynced batch
- *             (inbox item + receipt in the outbox) → DONE → LIST again.
+ *             only the chunks the relay lacks are sent again. Never AUTHs:
+ *             the relay must not learn who sends to which mailbox.
+ *   mailbox:  AUTH → LIST → INDEX → GET missing chunks (window of chunks)
+ *             → CHUNK, persisted as they come → verify + decrypt → one
+ *             fsynced batch (inbox item + receipt in the outbox) → DONE →
+ *             LIST again. The receipts leave on an upload connection.
  *
  * Every request is idempotent and re-sent when unanswered for
  * RESEND_AFTER_MS; acks state what the relay holds, not what changed, so a
  * lost or duplicated ack changes nothing. Frames are handled one at a time
  * in arrival order (a promise chain), so store reads and writes never
  * interleave within a session; sessions to several relays share the stores
- * and take a per-id lock while finishing a download.
+ * and hold a per-id lock for the whole of a download.
  */
 import { toHex, fromHex } from '../protocol/bytes.js'
 import type { Env, Link, TimerHandle } from '../protocol/env.js'
@@ -41,8 +44,8 @@ import {
 import { messageId } from '../protocol/hash.js'
 import { type Ranges, rangesFromIndices } from '../protocol/ranges.js'
 import { sign } from '../protocol/signature.js'
-import { concat, equal } from '../protocol/bytes.js'
-import { AUTH_DOMAIN } from '../protocol/auth.js'
+import { equal } from '../protocol/bytes.js'
+import { authMessage, relayOrigin } from '../protocol/auth.js'
 import type { Inbox, InboxItem } from '../queue/inbox.js'
 import type { Outbox, OutboxRecord } from '../queue/outbox.js'
 import { compose } from './compose.js'
@@ -84,8 +87,12 @@ export interface ClientContext {
   onEvent?: (e: SyncEvent) => void
 }
 
+export type SessionRole = 'upload' | 'mailbox'
+
 export interface SessionOptions {
-  /** Finish once nothing is left to upload and the mailbox is drained; otherwise keep polling until stopped. */
+  /** `upload` sends the outbox without identifying itself; `mailbox` logs in and fetches. */
+  role: SessionRole
+  /** Finish once nothing is left to upload (upload) or the mailbox is drained (mailbox); otherwise keep polling until stopped. */
   untilEmpty: boolean
 }
 
@@ -132,6 +139,8 @@ export class SyncSession {
   private authSentAt: number | undefined
   private authed = false
   private maxEnvelope = MAX_ENVELOPE_BYTES
+  /** What AUTH is bound to: the relay this session meant to dial. */
+  private readonly origin: string
 
   private readonly uploads = new Map<string, Upload>()
   private queue: OutboxRecord[] = []
@@ -146,6 +155,8 @@ export class SyncSession {
   private doneIds: Uint8Array[] = []
   private deferred = false
   private lastScanAt = 0
+  /** Listed ids this session cannot take (too large, or served bytes that failed their hash). */
+  private readonly unusable = new Set<string>()
 
   private readonly result: SessionResult = { uploaded: 0, received: 0, rejected: [] }
 
@@ -161,6 +172,7 @@ export class SyncSession {
     })
     // Callers may only await `done` after other work; never let a rejection go unhandled meanwhile.
     this.done.catch(() => {})
+    this.origin = relayOrigin(relay)
     this.startedAt = this.now()
     this.lastFrameAt = this.startedAt
     this.arm()
@@ -225,18 +237,22 @@ export class SyncSession {
 
   private fail(err: unknown): void {
     if (this.finished) return
-    this.finished = true
-    if (this.tick !== undefined) this.ctx.env.timers.clearTimeout(this.tick)
-    this.link.close(err instanceof Error ? err.message : String(err))
+    this.end(err instanceof Error ? err.message : String(err))
     this.rejectDone(err)
   }
 
   private finish(): void {
     if (this.finished) return
+    this.end('done')
+    this.resolveDone(this.result)
+  }
+
+  private end(reason: string): void {
     this.finished = true
     if (this.tick !== undefined) this.ctx.env.timers.clearTimeout(this.tick)
-    this.link.close('done')
-    this.resolveDone(this.result)
+    for (const d of this.downloads.values()) this.ctx.locks.delete(d.hex)
+    this.downloads.clear()
+    this.link.close(reason)
   }
 
   private async handle(f: Frame): Promise<void> {
@@ -270,16 +286,19 @@ export class SyncSession {
     this.helloSeen = true
     this.maxEnvelope = Math.min(MAX_ENVELOPE_BYTES, f.maxEnvelope)
     this.emit({ type: 'connected', relay: this.relay })
-    this.challenge = f.challenge.slice()
-    this.sendAuth()
-    await this.pumpUploads()
+    if (this.options.role === 'mailbox') {
+      this.challenge = f.challenge.slice()
+      this.sendAuth()
+    } else {
+      await this.pumpUploads()
+    }
   }
 
   private sendAuth(): void {
     if (!this.challenge) return
     this.authSentAt = this.now()
-    const signature = sign(concat([AUTH_DOMAIN, this.challenge]), this.ctx.me.signSecretKey)
-    this.send({ type: FrameType.AUTH, signPublicKey: this.ctx.me.address.signPublicKey, signature })
+    const signature = sign(authMessage(this.challenge, this.origin), this.ctx.me.signSecretKey)
+    this.send({ type: FrameType.AUTH, signPublicKey: this.ctx.me.address.signPublicKey, signature, origin: this.origin })
   }
 
   // ---- upload ----------------------------------------------------------
@@ -291,7 +310,7 @@ export class SyncSession {
   }
 
   private async pumpUploads(): Promise<void> {
-    if (!this.helloSeen) return
+    if (!this.helloSeen || this.options.role !== 'upload') return
     if (this.needScan && this.queue.length === 0) {
       this.needScan = false
       const pending = await this.ctx.outbox.pendingFor(this.relay, this.now())
@@ -363,6 +382,9 @@ export class SyncSession {
       u.acked.add(i)
       u.sent.delete(i)
     }
+    // Every chunk is there but no STORED came (it was lost, or completion is
+    // still committing): ask again after the resend interval.
+    if (u.acked.size === u.chunks) u.queriedAt = this.now()
     this.emit({ type: 'progress', relay: this.relay, id, done: u.acked.size, total: u.chunks, direction: 'up' })
     await this.pumpUploads()
   }
@@ -382,7 +404,7 @@ export class SyncSession {
     const d = this.downloads.get(id)
     if (d) {
       // The relay no longer has it (expired or deleted meanwhile): forget it and relist.
-      this.downloads.delete(id)
+      this.dropDownload(d)
       if (this.downloads.size === 0) this.afterBatch()
     }
   }
@@ -398,7 +420,42 @@ export class SyncSession {
   private async onIndex(entries: IndexEntry[], more: boolean): Promise<void> {
     if (this.listSentAt === undefined) return // a duplicate INDEX
     this.listSentAt = undefined
-    if (entries.length === 0 && !more) {
+    let actionable = 0
+    for (const e of entries) {
+      const hex = toHex(e.id)
+      if (this.unusable.has(hex)) continue
+      actionable++
+      if (this.downloads.has(hex)) continue
+      if (e.size > this.maxEnvelope || e.size === 0) {
+        // Nothing sane can be done with it; leave it on the relay for its TTL and say so.
+        this.unusable.add(hex)
+        actionable--
+        this.reject(hex, ErrorCode.TOO_LARGE, `mailbox entry of ${e.size} bytes`)
+        continue
+      }
+      if (this.ctx.locks.has(hex)) {
+        this.deferred = true // another session is fetching it right now; look again shortly
+        continue
+      }
+      // Held from here until the message is stored or given up, so two
+      // sessions never write the same partial chunks.
+      this.ctx.locks.add(hex)
+      if (await this.ctx.inbox.has(hex)) {
+        this.ctx.locks.delete(hex)
+        this.doneIds.push(e.id.slice())
+        this.emit({ type: 'received', relay: this.relay, id: hex, as: 'duplicate' })
+        continue
+      }
+      const chunks = chunkCount(e.size)
+      const have = new Set(chunks > 1 ? await this.ctx.inbox.chunksHeld(hex, e.size) : [])
+      const d: Download = { id: e.id.slice(), hex, size: e.size, chunks, expiresAt: e.expiresAt, have, requested: new Map(), finishing: false }
+      this.downloads.set(hex, d)
+      // Every chunk already on disk (the last sync stopped between the last chunk and the inbox write).
+      if (chunks > 1 && have.size === chunks) await this.finishDownload(d, await this.ctx.inbox.assemble(hex, d.size))
+    }
+    if (actionable === 0) {
+      // Empty, or nothing here this session can take (reported in `rejected`):
+      // drained as far as it can go. Listing again would only spin.
       this.drained = true
       this.emit({ type: 'drained', relay: this.relay })
       if (!this.options.untilEmpty) this.nextListAt = this.now() + POLL_INTERVAL_MS
@@ -406,29 +463,19 @@ export class SyncSession {
       return
     }
     this.drained = false
-    for (const e of entries) {
-      const hex = toHex(e.id)
-      if (this.downloads.has(hex)) continue
-      if (e.size > this.maxEnvelope || e.size === 0) {
-        // Nothing sane can be done with it; leave it on the relay for its TTL and say so.
-        this.result.rejected.push({ id: hex, code: ErrorCode.TOO_LARGE, message: `mailbox entry of ${e.size} bytes` })
-        continue
-      }
-      if (this.ctx.locks.has(hex)) {
-        this.deferred = true // another session is storing it right now; look again shortly
-        continue
-      }
-      if (await this.ctx.inbox.has(hex)) {
-        this.doneIds.push(e.id.slice())
-        this.emit({ type: 'received', relay: this.relay, id: hex, as: 'duplicate' })
-        continue
-      }
-      const chunks = chunkCount(e.size)
-      const have = new Set(chunks > 1 ? await this.ctx.inbox.chunksHeld(hex) : [])
-      this.downloads.set(hex, { id: e.id.slice(), hex, size: e.size, chunks, expiresAt: e.expiresAt, have, requested: new Map(), finishing: false })
-    }
+    void more // a full page is followed by another LIST once this one is handled
     if (this.downloads.size === 0) this.afterBatch()
     else this.pumpDownloads()
+  }
+
+  private reject(id: string, code: string, message: string): void {
+    this.result.rejected.push({ id, code, message })
+    this.emit({ type: 'rejected', relay: this.relay, id, code, message })
+  }
+
+  private dropDownload(d: Download): void {
+    this.downloads.delete(d.hex)
+    this.ctx.locks.delete(d.hex)
   }
 
   private pumpDownloads(): void {
@@ -466,24 +513,28 @@ export class SyncSession {
     else this.pumpDownloads()
   }
 
-  /** Verify, decrypt, store (with its receipt) in one fsynced batch, then DONE. */
+  /** Verify, decrypt, store (with its receipt) in one fsynced batch, then DONE. The session holds the id's lock. */
   private async finishDownload(d: Download, envelope: Uint8Array): Promise<void> {
     d.finishing = true
-    if (this.ctx.locks.has(d.hex)) {
-      this.downloads.delete(d.hex)
-      return // another session is finishing the same message; the next LIST will DONE it
-    }
-    this.ctx.locks.add(d.hex)
     try {
+      if (!equal(messageId(envelope), d.id)) {
+        // The relay served bytes that are not the message it listed (a
+        // corrupt or hostile relay, or chunks from two relays' different
+        // claims). Not a message at all: nothing is recorded under the id, no
+        // DONE; the chunks go, and a later sync (or another relay) fetches it.
+        if (d.chunks > 1) await this.ctx.inbox.dropPartial(d.hex)
+        this.unusable.add(d.hex)
+        this.reject(d.hex, ErrorCode.BAD_ENVELOPE, 'relay served bytes that do not hash to the listed id; will fetch again next sync')
+        return
+      }
       if (await this.ctx.inbox.has(d.hex)) {
         this.emit({ type: 'received', relay: this.relay, id: d.hex, as: 'duplicate' })
       } else {
         await this.store(d, envelope)
       }
       this.doneIds.push(d.id)
-      this.downloads.delete(d.hex)
     } finally {
-      this.ctx.locks.delete(d.hex)
+      this.dropDownload(d)
     }
   }
 
@@ -494,7 +545,6 @@ export class SyncSession {
       await inbox.apply(await inbox.quarantineOps({ id: d.hex, code, reason, received_at: now, bytes: envelope.length }))
       this.emit({ type: 'received', relay: this.relay, id: d.hex, as: 'quarantined' })
     }
-    if (!equal(messageId(envelope), d.id)) return quarantine(ErrorCode.BAD_ENVELOPE, 'envelope does not hash to its id')
     let opened
     try {
       opened = open(envelope, { address: me.address, boxSecretKey: me.boxSecretKey }, this.ctx.verify)
@@ -542,8 +592,6 @@ export class SyncSession {
     })
     await inbox.apply([...(await inbox.itemOps(item)), ...receipt.ops])
     this.result.received++
-    this.needScan = true
-    this.uploadsIdle = false
     this.emit({ type: 'received', relay: this.relay, id: d.hex, as: 'report' })
   }
 
@@ -565,8 +613,9 @@ export class SyncSession {
     if (!this.helloSeen && now - this.startedAt > HELLO_TIMEOUT_MS) {
       throw new ChaparError(ErrorCode.TIMEOUT, `no HELLO from ${this.relay} in ${HELLO_TIMEOUT_MS / 1000}s`)
     }
-    const outstanding = this.uploads.size > 0 || this.downloads.size > 0 || this.listSentAt !== undefined || (this.helloSeen && !this.authed)
-    if (this.helloSeen && !this.authed && this.authSentAt !== undefined && now - this.authSentAt > RESEND_AFTER_MS) this.sendAuth()
+    const awaitingAuth = this.options.role === 'mailbox' && this.helloSeen && !this.authed
+    const outstanding = this.uploads.size > 0 || this.downloads.size > 0 || this.listSentAt !== undefined || awaitingAuth
+    if (awaitingAuth && this.authSentAt !== undefined && now - this.authSentAt > RESEND_AFTER_MS) this.sendAuth()
     if (outstanding && now - this.lastFrameAt > IDLE_TIMEOUT_MS) {
       throw new ChaparError(ErrorCode.TIMEOUT, `no answer from ${this.relay} in ${IDLE_TIMEOUT_MS / 1000}s`)
     }
@@ -590,8 +639,10 @@ export class SyncSession {
 
   private checkComplete(): void {
     if (!this.options.untilEmpty || this.finished) return
-    if (this.authed && this.drained && this.uploadsIdle && this.downloads.size === 0 && this.doneIds.length === 0 && this.listSentAt === undefined) {
-      this.finish()
-    }
+    const done =
+      this.options.role === 'upload'
+        ? this.uploadsIdle
+        : this.authed && this.drained && this.downloads.size === 0 && this.doneIds.length === 0 && this.listSentAt === undefined
+    if (done) this.finish()
   }
 }

@@ -23,6 +23,10 @@ export const HEADER_BYTES = 4 + 32 + 8 + 32 + 24
 export const BOX_OVERHEAD = nacl.box.overheadLength
 /** Largest attachment a report may carry (a short video). */
 export const MAX_FILE_BYTES = 64 * 1024 * 1024
+/** The longest a sender may ask relays to keep a message (`send --ttl`). */
+export const MAX_TTL_MS = 30 * 24 * 3600_000
+/** What relays accept by default: MAX_TTL_MS plus room for a field device's clock running days fast. */
+export const RELAY_MAX_TTL_MS = MAX_TTL_MS + 5 * 24 * 3600_000
 export const MAX_TEXT_BYTES = 1024 * 1024
 export const MAX_FILE_NAME_BYTES = 1024
 /** Largest envelope anyone should accept: the biggest report plus headers. */

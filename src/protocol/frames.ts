@@ -7,6 +7,7 @@
 import { fromUtf8, Reader, utf8, Writer } from './bytes.js'
 import { ErrorCode, ProtocolError, WIRE_ERROR_CODES, errorCodeFromWire } from './errors.js'
 import { HASH_BYTES } from './hash.js'
+import { MAX_ORIGIN_BYTES } from './auth.js'
 import type { Ranges } from './ranges.js'
 import { validRanges } from './ranges.js'
 
@@ -44,8 +45,8 @@ export interface IndexEntry {
 export type Frame =
   /** relay → client, first frame: the challenge to sign for mailbox access. */
   | { type: typeof FrameType.HELLO; version: number; challenge: Uint8Array; maxEnvelope: number }
-  /** client → relay: proves ownership of the mailbox H(signPk). */
-  | { type: typeof FrameType.AUTH; signPublicKey: Uint8Array; signature: Uint8Array }
+  /** client → relay: proves ownership of the mailbox H(signPk), bound to the relay origin dialled (auth.ts). */
+  | { type: typeof FrameType.AUTH; signPublicKey: Uint8Array; signature: Uint8Array; origin: string }
   | { type: typeof FrameType.AUTH_OK; mailbox: Uint8Array }
   /** client → relay: one chunk of an envelope. Self-describing, so no setup round trip. */
   | { type: typeof FrameType.PUT; id: Uint8Array; mailbox: Uint8Array; expiresAt: number; size: number; index: number; data: Uint8Array }
@@ -111,7 +112,7 @@ export function encodeFrame(f: Frame): Uint8Array {
       w.u8(f.version).bytes(f.challenge).u32(f.maxEnvelope)
       break
     case FrameType.AUTH:
-      w.bytes(f.signPublicKey).bytes(f.signature)
+      w.bytes(f.signPublicKey).bytes(f.signature).str(f.origin)
       break
     case FrameType.AUTH_OK:
       w.bytes(f.mailbox)
@@ -189,7 +190,7 @@ export function decodeFrame(bytes: Uint8Array, maxEnvelope = Number.MAX_SAFE_INT
         f = { type, version: r.u8(), challenge: r.bytes(32), maxEnvelope: r.u32() }
         break
       case FrameType.AUTH:
-        f = { type, signPublicKey: r.bytes(32), signature: r.bytes(64) }
+        f = { type, signPublicKey: r.bytes(32), signature: r.bytes(64), origin: r.str(MAX_ORIGIN_BYTES) }
         break
       case FrameType.AUTH_OK:
         f = { type, mailbox: r.bytes(HASH_BYTES) }

@@ -74,12 +74,23 @@ export class Inbox {
     ])
   }
 
-  /** Indices of the chunks of `id` already on disk. */
-  async chunksHeld(id: string): Promise<number[]> {
+  /**
+   * Indices of the chunks of `id` already on disk, for an envelope of
+   * `size` bytes. Chunks kept for a different size (another relay's claim
+   * about the same id) are dropped first.
+   */
+  async chunksHeld(id: string, size?: number): Promise<number[]> {
+    const meta = size === undefined ? undefined : await this.db.get(PART_META + id)
+    if (meta && parseJson<{ size: number }>(meta).size !== size) await this.dropPartial(id)
     const out: number[] = []
     const prefix = PART_CHUNK + id + '!'
     for await (const k of scanKeys(this.db, prefix)) out.push(Number(k.slice(prefix.length)))
     return out
+  }
+
+  /** Forget a download in progress (its bytes did not hash to its id). */
+  async dropPartial(id: string): Promise<void> {
+    await writeBatch(this.db, [...(await this.clearPartOps(id)), { type: 'del', key: PART_META + id }], true)
   }
 
   async assemble(id: string, size: number): Promise<Uint8Array> {

@@ -1,5 +1,8 @@
 /** `chapar relay`: the relay on its embedded LevelDB store, behind a WebSocket server. */
+import { networkInterfaces } from 'node:os'
 import path from 'node:path'
+import { relayOrigin } from '../protocol/auth.js'
+import { parseDuration } from '../protocol/duration.js'
 import { systemEnv } from '../protocol/env.js'
 import { InputError } from '../protocol/errors.js'
 import { openDiskDb } from '../queue/db.js'
@@ -14,13 +17,50 @@ function log(msg: string, fields: Record<string, unknown> = {}): void {
   process.stderr.write(JSON.stringify({ t: new Date().toISOString(), msg, ...fields }) + '\n')
 }
 
-export async function cmdRelay(opts: { host: string; port: string; data: string; maxEnvelope?: string; verbose?: boolean }): Promise<number> {
+const WILDCARDS = new Set(['0.0.0.0', '::', '[::]', ''])
+const LOOPBACK = new Set(['127.0.0.1', '::1', '[::1]', 'localhost'])
+
+/**
+ * The origins a mailbox login (AUTH) may name: the --public-url list, plus
+ * the address the relay listens on (every interface address when it listens
+ * on a wildcard), plus `localhost` for loopback. A client that dialled some
+ * other relay signed some other origin, so its login cannot be replayed here.
+ */
+export function authOrigins(host: string, port: number, publicUrls: readonly string[]): string[] {
+  const hosts = new Set<string>()
+  if (WILDCARDS.has(host)) {
+    for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) hosts.add(a.family === 'IPv6' ? `[${a.address.split('%')[0]}]` : a.address)
+    hosts.add('localhost')
+  } else {
+    hosts.add(host.includes(':') && !host.startsWith('[') ? `[${host}]` : host)
+    if (LOOPBACK.has(host)) hosts.add('localhost').add('127.0.0.1')
+  }
+  const out = new Set([...hosts].map((h) => relayOrigin(`ws://${h}:${port}`)))
+  for (const u of publicUrls) out.add(relayOrigin(u))
+  return [...out]
+}
+
+export async function cmdRelay(opts: {
+  host: string
+  port: string
+  data: string
+  maxEnvelope?: string
+  maxTtl?: string
+  publicUrl?: string[]
+  verbose?: boolean
+}): Promise<number> {
   const port = Number(opts.port)
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InputError(`--port must be an integer 0..65535, got "${opts.port}"`)
   const maxEnvelope = opts.maxEnvelope === undefined ? undefined : Number(opts.maxEnvelope)
   if (maxEnvelope !== undefined && !(Number.isSafeInteger(maxEnvelope) && maxEnvelope >= 1024)) {
     throw new InputError(`--max-envelope must be a whole number of bytes ≥ 1024, got "${opts.maxEnvelope}"`)
   }
+  const publicUrls = opts.publicUrl ?? []
+  for (const u of publicUrls) {
+    if (!/^wss?:\/\//i.test(u)) throw new InputError(`--public-url must be a ws:// or wss:// URL, got "${u}"`)
+    relayOrigin(u)
+  }
+  const maxTtlMs = opts.maxTtl === undefined ? undefined : parseDuration(opts.maxTtl)
   const dataDir = path.resolve(opts.data)
   let db
   try {
@@ -31,7 +71,11 @@ export async function cmdRelay(opts: { host: string; port: string; data: string;
     throw new InputError(`cannot open relay data in ${dataDir}: ${(err as Error).message}`)
   }
   const commit = new GroupCommit(db, true)
-  const relay = new Relay(new MailboxStore(db, commit), systemEnv, maxEnvelope ? { maxEnvelope } : {})
+  const relay = new Relay(new MailboxStore(db, commit), systemEnv, {
+    ...(maxEnvelope ? { maxEnvelope } : {}),
+    ...(maxTtlMs !== undefined ? { maxTtlMs } : {}),
+    origins: authOrigins(opts.host, port, publicUrls),
+  })
   relay.onEvent = (e) => {
     if (e.type === 'error') log('refused', { code: e.code, reason: e.message })
     else if (opts.verbose && e.type === 'stored') log('stored', { id: e.id, size: e.size })
@@ -44,8 +88,9 @@ export async function cmdRelay(opts: { host: string; port: string; data: string;
     await db.close()
     throw new InputError(`cannot listen on ${opts.host}:${port}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
   }
+  if (port === 0) relay.origins = new Set(authOrigins(opts.host, server.port, publicUrls))
   const stats = await relay.store.stats()
-  log('relay listening', { url: server.url, data: dataDir, ...stats })
+  log('relay listening', { url: server.url, data: dataDir, auth_origins: [...(relay.origins ?? [])], ...stats })
   const sweep = async (): Promise<void> => {
     try {
       const r = await relay.sweep()

@@ -5,23 +5,35 @@
  * mailbox operations (LIST, GET, DONE) run in arrival order, so a LIST sent
  * after a DONE never shows what the DONE removed.
  */
-import { concat, toHex } from '../protocol/bytes.js'
+import { toHex } from '../protocol/bytes.js'
 import type { Env, Link } from '../protocol/env.js'
-import { MAX_ENVELOPE_BYTES } from '../protocol/envelope.js'
+import { MAX_ENVELOPE_BYTES, RELAY_MAX_TTL_MS } from '../protocol/envelope.js'
 import { ChaparError, ErrorCode } from '../protocol/errors.js'
 import { decodeFrame, encodeFrame, type Frame, FrameType, MAX_IDS_PER_FRAME, PROTOCOL_VERSION } from '../protocol/frames.js'
 import { mailboxId } from '../protocol/hash.js'
 import { indicesOf } from '../protocol/ranges.js'
 import { verify } from '../protocol/signature.js'
-import { AUTH_DOMAIN } from '../protocol/auth.js'
+import { authMessage } from '../protocol/auth.js'
 import type { MailboxStore } from '../queue/mailbox.js'
 
 /** Chunks one GET may ask for; the client's window is smaller. */
 export const MAX_CHUNKS_PER_GET = 64
 export const MAX_LIST = 512
+/** PUT/QUERY work one connection may have in progress before it is told to slow down. */
+export const MAX_IN_FLIGHT_OPS = 4096
+export const MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024
 
 export interface RelayOptions {
   maxEnvelope?: number
+  /** Longest expiry accepted, from now. */
+  maxTtlMs?: number
+  /**
+   * The origins (scheme://host:port, see auth.ts) clients dial this relay
+   * by; an AUTH for any other origin is refused. `chapar relay` always sets
+   * these; leaving them out accepts any origin, which only in-process tests
+   * and the simulator (one relay, no third party) may do.
+   */
+  origins?: readonly string[]
 }
 
 export interface RelayCounters {
@@ -43,6 +55,9 @@ export type RelayEvent =
 
 export class Relay {
   readonly maxEnvelope: number
+  readonly maxTtlMs: number
+  /** See RelayOptions.origins; settable because a relay on port 0 learns its port after listening. */
+  origins: ReadonlySet<string> | undefined
   readonly counters: RelayCounters = {
     connections: 0,
     frames_in: 0,
@@ -62,6 +77,8 @@ export class Relay {
     options: RelayOptions = {},
   ) {
     this.maxEnvelope = Math.min(options.maxEnvelope ?? MAX_ENVELOPE_BYTES, MAX_ENVELOPE_BYTES)
+    this.maxTtlMs = options.maxTtlMs ?? RELAY_MAX_TTL_MS
+    this.origins = options.origins ? new Set(options.origins) : undefined
   }
 
   /** A new connection: the session greets it with HELLO at once. */
@@ -81,6 +98,8 @@ export class RelaySession {
   private ordered: Promise<void> = Promise.resolve()
   private stored: Uint8Array[] = []
   private closed = false
+  private inFlightOps = 0
+  private inFlightBytes = 0
 
   constructor(
     private readonly relay: Relay,
@@ -122,13 +141,24 @@ export class RelaySession {
     }
     switch (f.type) {
       case FrameType.PUT:
-        void this.guard(this.onPut(f), f.id)
+      case FrameType.QUERY: {
+        const bytes = f.type === FrameType.PUT ? f.data.length : 0
+        if (this.inFlightOps >= MAX_IN_FLIGHT_OPS || this.inFlightBytes + bytes > MAX_IN_FLIGHT_BYTES) {
+          // An honest client's window is far below this; it backs off and resends.
+          this.error(ErrorCode.RETRY_LATER, 'too much in flight on this connection', f.type === FrameType.PUT ? f.id.slice() : undefined)
+          return
+        }
+        this.inFlightOps++
+        this.inFlightBytes += bytes
+        const work = f.type === FrameType.PUT ? this.guard(this.onPut(f), f.id) : this.guard(this.onQuery(f.ids))
+        void work.finally(() => {
+          this.inFlightOps--
+          this.inFlightBytes -= bytes
+        })
         return
-      case FrameType.QUERY:
-        void this.guard(this.onQuery(f.ids))
-        return
+      }
       case FrameType.AUTH:
-        this.onAuth(f.signPublicKey, f.signature)
+        this.onAuth(f.signPublicKey, f.signature, f.origin)
         return
       case FrameType.LIST:
       case FrameType.GET:
@@ -156,8 +186,13 @@ export class RelaySession {
     }
   }
 
-  private onAuth(pk: Uint8Array, signature: Uint8Array): void {
-    if (!verify(concat([AUTH_DOMAIN, this.challenge]), signature, pk)) {
+  private onAuth(pk: Uint8Array, signature: Uint8Array, origin: string): void {
+    const origins = this.relay.origins
+    if (origins && !origins.has(origin)) {
+      this.error(ErrorCode.UNAUTHENTICATED, `AUTH is for ${origin}, not this relay (${[...origins].join(', ')})`)
+      return
+    }
+    if (!verify(authMessage(this.challenge, origin), signature, pk)) {
       this.error(ErrorCode.UNAUTHENTICATED, 'AUTH signature does not verify against the challenge')
       return
     }
@@ -166,7 +201,11 @@ export class RelaySession {
   }
 
   private async onPut(f: Extract<Frame, { type: typeof FrameType.PUT }>): Promise<void> {
-    const result = await this.relay.store.put(f, this.relay.env.clock.now())
+    const now = this.relay.env.clock.now()
+    if (f.expiresAt > now + this.relay.maxTtlMs) {
+      throw new ChaparError(ErrorCode.BAD_INPUT, `expiry is more than ${Math.floor(this.relay.maxTtlMs / 86_400_000)} days ahead`)
+    }
+    const result = await this.relay.store.put(f, now)
     const c = this.relay.counters
     if (result.kind === 'stored') {
       this.ackStored(f.id.slice())
@@ -202,6 +241,7 @@ export class RelaySession {
   }
 
   private async onMailbox(f: Frame, mailbox: Uint8Array): Promise<void> {
+    if (this.closed) return // nobody is listening: drop the queued work
     const now = this.relay.env.clock.now()
     if (f.type === FrameType.LIST) {
       const { entries, more } = await this.relay.store.list(mailbox, Math.min(f.max, MAX_LIST), now)

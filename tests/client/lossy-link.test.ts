@@ -9,7 +9,7 @@ import { compose } from '../../src/client/compose.js'
 import { Kind, Priority } from '../../src/protocol/envelope.js'
 import { generateIdentity } from '../../src/client/identity.js'
 import { MemoryFileSink } from '../../src/client/files.js'
-import { type SessionResult, SyncSession } from '../../src/client/sync-engine.js'
+import { type SessionResult, type SessionRole, SyncSession } from '../../src/client/sync-engine.js'
 import { openMemoryDb } from '../../src/queue/db.js'
 import { GroupCommit } from '../../src/queue/group-commit.js'
 import { Inbox } from '../../src/queue/inbox.js'
@@ -28,7 +28,7 @@ async function client(env: VirtualEnv) {
 }
 
 /** One connection over a lossy, jittery link; resolves when the session ends either way. */
-function session(env: VirtualEnv, relay: Relay, c: Awaited<ReturnType<typeof client>>, loss: number): Promise<SessionResult | Error> {
+function session(env: VirtualEnv, relay: Relay, c: Awaited<ReturnType<typeof client>>, loss: number, role: SessionRole): Promise<SessionResult | Error> {
   let open = true
   let s!: SyncSession
   const early: Uint8Array[] = []
@@ -46,7 +46,7 @@ function session(env: VirtualEnv, relay: Relay, c: Awaited<ReturnType<typeof cli
   })
   s = new SyncSession(
     c.ctx,
-    'relay',
+    'ws://relay',
     {
       send: (b) => carry((x) => rs.receive(x), b),
       close: () => {
@@ -54,17 +54,17 @@ function session(env: VirtualEnv, relay: Relay, c: Awaited<ReturnType<typeof cli
         rs.close()
       },
     },
-    { untilEmpty: true },
+    { role, untilEmpty: true },
   )
   for (const b of early) s.receive(b)
   return s.done.catch((e: Error) => e)
 }
 
 /** Reconnect until a session ends cleanly (the driver does this with p-retry in real life). */
-async function syncUntilDone(env: VirtualEnv, relay: Relay, c: Awaited<ReturnType<typeof client>>, loss: number): Promise<number> {
+async function syncUntilDone(env: VirtualEnv, relay: Relay, c: Awaited<ReturnType<typeof client>>, loss: number, role: SessionRole): Promise<number> {
   for (let attempt = 1; attempt <= 200; attempt++) {
     let result: SessionResult | Error | undefined
-    void session(env, relay, c, loss).then((r) => (result = r))
+    void session(env, relay, c, loss, role).then((r) => (result = r))
     while (result === undefined) await env.advance(1000)
     if (!(result instanceof Error)) return attempt
     await env.advance(2000)
@@ -96,12 +96,13 @@ describe('engines over a lossy link (virtual time)', () => {
         await alice.outbox.add(c.record, c.envelope)
         ids.push(c.record.id)
       }
-      await syncUntilDone(env, relay, alice, loss)
+      await syncUntilDone(env, relay, alice, loss, 'upload')
       expect((await alice.outbox.list()).every((r) => r.state === 'accepted')).toBe(true)
-      await syncUntilDone(env, relay, bob, loss)
+      await syncUntilDone(env, relay, bob, loss, 'mailbox')
       const items = await bob.inbox.items()
       expect(items.map((i) => i.id).sort()).toEqual([...ids].sort())
-      await syncUntilDone(env, relay, alice, loss)
+      await syncUntilDone(env, relay, bob, loss, 'upload') // the receipts
+      await syncUntilDone(env, relay, alice, loss, 'mailbox')
       const reports = (await alice.outbox.list()).filter((r) => r.kind === 'report')
       expect(reports.map((r) => r.state)).toEqual(Array(12).fill('delivered'))
       expect((await relay.store.stats()).messages).toBe(0)

@@ -57,6 +57,34 @@ describe('runSync', () => {
     expect((await alice.outbox.get(id))!.state).toBe('delivered')
   })
 
+  it('never logs in on a connection that uploads: the relay cannot tie a sender to its mailbox', async () => {
+    const { relay, server } = await startRelay()
+    const connections: number[][] = []
+    const connect = relay.connect.bind(relay)
+    relay.connect = (link) => {
+      const session = connect(link)
+      const types: number[] = []
+      connections.push(types)
+      const receive = session.receive.bind(session)
+      session.receive = (bytes) => {
+        types.push(bytes[0]!)
+        receive(bytes)
+      }
+      return session
+    }
+    const alice = await makeClient()
+    const bob = await makeClient()
+    await queue(alice, bob, 'who sent this?')
+    expect((await runSync(alice.ctx, { relays: [server.url], untilEmpty: true, timeoutMs: 20_000 })).ok).toBe(true)
+    expect((await runSync(bob.ctx, { relays: [server.url], untilEmpty: true, timeoutMs: 20_000 })).ok).toBe(true) // fetches, then uploads its receipt
+    expect((await runSync(alice.ctx, { relays: [server.url], untilEmpty: true, timeoutMs: 20_000 })).ok).toBe(true) // fetches the receipt
+    const AUTH = 0x02
+    const PUT = 0x10
+    expect(connections.filter((t) => t.includes(PUT)).length).toBeGreaterThanOrEqual(2) // alice's report, bob's receipt
+    expect(connections.filter((t) => t.includes(AUTH)).length).toBeGreaterThanOrEqual(3)
+    for (const types of connections) expect(types.includes(AUTH) && types.includes(PUT)).toBe(false)
+  })
+
   it('keeps retrying with backoff until the relay comes up', async () => {
     const port = await freePort()
     const alice = await makeClient()
@@ -68,7 +96,7 @@ describe('runSync', () => {
       untilEmpty: true,
       timeoutMs: 20_000,
       random: () => 0.5,
-      onRetry: (_relay, _err, delay) => retries.push(delay),
+      onRetry: (_relay, _err, delay, role) => role === 'upload' && retries.push(delay),
     })
     await new Promise((r) => setTimeout(r, 1500))
     await startRelay(port)

@@ -7,7 +7,7 @@ import { toHex } from '../../src/protocol/bytes.js'
 import { messageId } from '../../src/protocol/hash.js'
 import { generateIdentity } from '../../src/client/identity.js'
 import { OutboxState } from '../../src/queue/outbox.js'
-import { connect, makeClient, makeRelay, type TestClient, type Wire } from '../helpers/pair.js'
+import { connect, makeClient, makeRelay, syncWith, type TestClient, type Wire } from '../helpers/pair.js'
 
 const DAY = 24 * 3600_000
 
@@ -36,11 +36,17 @@ describe('sync engine against the relay engine', () => {
     const bob = await makeClient()
     const ids = [await queue(alice, bob, 'one'), await queue(alice, bob, 'two'), await queue(alice, bob, 'three')]
 
-    const up = await connect(alice, relay, 'ws://r1').done
+    const upWire: Wire = { up: [], down: [] }
+    const up = await connect(alice, relay, 'ws://r1', { wire: upWire }).done
     expect(up.uploaded).toBe(3)
     expect((await reports(alice)).map((r) => r.state)).toEqual(['accepted', 'accepted', 'accepted'])
+    // The upload connection never says who alice is.
+    expect(upWire.up.map((f) => f.type).filter((t) => t !== FrameType.PUT && t !== FrameType.QUERY)).toEqual([])
 
-    const down = await connect(bob, relay, 'ws://r1').done
+    const downWire: Wire = { up: [], down: [] }
+    const down = await connect(bob, relay, 'ws://r1', { role: 'mailbox', wire: downWire }).done
+    expect(downWire.up.some((f) => f.type === FrameType.PUT)).toBe(false) // receipts leave on an upload connection
+    await connect(bob, relay, 'ws://r1').done
     expect(down.received).toBe(3)
     const items = await bob.inbox.items()
     expect(items.map((i) => i.text).sort()).toEqual(['one', 'three', 'two'])
@@ -51,7 +57,7 @@ describe('sync engine against the relay engine', () => {
     expect(receipts).toHaveLength(3)
     expect(receipts.every((r) => r.relays.includes('ws://r1'))).toBe(true)
 
-    await connect(alice, relay, 'ws://r1').done
+    await connect(alice, relay, 'ws://r1', { role: 'mailbox' }).done
     const final = await reports(alice)
     expect(final.map((r) => r.state)).toEqual([OutboxState.delivered, OutboxState.delivered, OutboxState.delivered])
     expect(await alice.outbox.envelope(ids[0]!)).toBeUndefined() // bytes dropped once delivered
@@ -66,7 +72,7 @@ describe('sync engine against the relay engine', () => {
     await queue(alice, bob, 'via two relays')
     await Promise.all([connect(alice, r1, 'ws://r1').done, connect(alice, r2, 'ws://r2').done])
     expect((await reports(alice))[0]!.relays.sort()).toEqual(['ws://r1', 'ws://r2'])
-    await Promise.all([connect(bob, r1, 'ws://r1').done, connect(bob, r2, 'ws://r2').done])
+    await Promise.all([syncWith(bob, r1, 'ws://r1'), syncWith(bob, r2, 'ws://r2')])
     expect(await bob.inbox.items()).toHaveLength(1)
     // Both relays deleted the report from bob's mailbox (one served it, the other was told DONE).
     for (const r of [r1, r2]) expect((await r.store.list(bob.me.mailbox, 10, Date.now())).entries).toEqual([])
@@ -103,7 +109,7 @@ describe('sync engine against the relay engine', () => {
     expect(resentIdx.length).toBeLessThan(chunks) // not a restart
     expect(sentFirst + resentIdx.length).toBeLessThanOrEqual(chunks + 16) // at most one window re-sent
     expect((await reports(alice))[0]!.state).toBe('accepted')
-    await connect(bob, relay, 'ws://r1').done
+    await connect(bob, relay, 'ws://r1', { role: 'mailbox' }).done
     const [item] = await bob.inbox.items()
     expect(item!.file_bytes).toBe(file.length)
     expect(bob.files.files.get(item!.file!)).toEqual(file)
@@ -116,12 +122,12 @@ describe('sync engine against the relay engine', () => {
     const file = new Uint8Array(30 * 64 * 1024).fill(7)
     await queue(alice, bob, 'big', { file })
     await connect(alice, relay, 'ws://r1').done
-    await expect(connect(bob, relay, 'ws://r1', { cutAfterUp: 4 }).done).rejects.toThrow()
+    await expect(connect(bob, relay, 'ws://r1', { role: 'mailbox', cutAfterUp: 4 }).done).rejects.toThrow()
     const id = (await reports(alice))[0]!.id
     const held = await bob.inbox.chunksHeld(id)
     expect(held.length).toBeGreaterThan(0)
     const wire: Wire = { up: [], down: [] }
-    await connect(bob, relay, 'ws://r1', { wire }).done
+    await connect(bob, relay, 'ws://r1', { role: 'mailbox', wire }).done
     const again = wire.down.filter((f) => f.type === FrameType.CHUNK).map((f) => (f as { index: number }).index)
     for (const i of held) expect(again).not.toContain(i)
     expect(await bob.inbox.items()).toHaveLength(1)
@@ -148,7 +154,7 @@ describe('sync engine against the relay engine', () => {
       env,
     )
     await connect(mallory, relay, 'ws://r1').done
-    await connect(bob, relay, 'ws://r1').done
+    await syncWith(bob, relay, 'ws://r1')
     expect(await bob.inbox.items()).toEqual([])
     const q = await bob.inbox.quarantined()
     expect(q).toHaveLength(1)
@@ -171,5 +177,69 @@ describe('sync engine against the relay engine', () => {
     expect(result.uploaded).toBe(1)
     expect(result.rejected).toEqual([expect.objectContaining({ id: bad, code: 'BAD_ENVELOPE' })])
     expect((await alice.outbox.get(bad))!.state).toBe('queued') // kept, never silently dropped
+  })
+
+  it('finishes a download whose chunks are all on disk already (killed between the last chunk and the inbox write)', async () => {
+    const relay = await makeRelay()
+    const alice = await makeClient()
+    const bob = await makeClient()
+    const file = new Uint8Array(5 * 64 * 1024).fill(3)
+    const id = await queue(alice, bob, 'all chunks held', { file })
+    const env = (await alice.outbox.envelope(id))!
+    await connect(alice, relay, 'ws://r1').done
+    const chunks = Math.ceil(env.length / (64 * 1024))
+    for (let i = 0; i < chunks; i++) await bob.inbox.putChunk(id, env.length, chunks, i, env.slice(i * 64 * 1024, (i + 1) * 64 * 1024))
+    const wire: Wire = { up: [], down: [] }
+    await connect(bob, relay, 'ws://r1', { role: 'mailbox', wire }).done
+    expect(wire.up.some((f) => f.type === FrameType.GET)).toBe(false)
+    expect((await bob.inbox.items()).map((i) => i.id)).toEqual([id])
+    expect((await relay.store.stats()).messages).toBe(0)
+  })
+
+  it('a relay serving bytes that do not hash to the id: nothing recorded, no DONE, fetched again once it serves the real bytes', async () => {
+    const relay = await makeRelay()
+    const alice = await makeClient()
+    const bob = await makeClient()
+    const small = await queue(alice, bob, 'small')
+    const big = await queue(alice, bob, 'big', { file: new Uint8Array(3 * 64 * 1024).fill(9) })
+    await connect(alice, relay, 'ws://r1').done
+    // Flip a byte in chunk 0 of each, on the relay's disk.
+    const key = (id: string) => 'c!' + id + '!' + '0'.repeat(8)
+    const originals = new Map<string, Uint8Array>()
+    for (const id of [small, big]) {
+      const data = new Uint8Array((await relay.store.db.get(key(id)))!) // a copy: Buffer#slice would be a view
+      originals.set(id, data.slice())
+      data[200] = data[200]! ^ 0xff
+      await relay.store.db.put(key(id), data)
+    }
+    const first = await connect(bob, relay, 'ws://r1', { role: 'mailbox' }).done // ends: it does not spin on what it cannot take
+    expect(first.rejected.map((r) => [r.id, r.code]).sort()).toEqual([[small, 'BAD_ENVELOPE'], [big, 'BAD_ENVELOPE']].sort())
+    expect(await bob.inbox.items()).toEqual([])
+    expect(await bob.inbox.quarantined()).toEqual([]) // not poisoned: the id was never proven
+    expect(await bob.inbox.chunksHeld(big)).toEqual([])
+    expect((await relay.store.stats()).messages).toBe(2) // no DONE
+    for (const [id, data] of originals) await relay.store.db.put(key(id), data)
+    const second = await connect(bob, relay, 'ws://r1', { role: 'mailbox' }).done
+    expect(second.rejected).toEqual([])
+    expect((await bob.inbox.items()).map((i) => i.text).sort()).toEqual(['big', 'small'])
+    expect((await relay.store.stats()).messages).toBe(0)
+  })
+
+  it('two relays serving the same large message: one session downloads it, the other waits and clears its copy', async () => {
+    const r1 = await makeRelay()
+    const r2 = await makeRelay()
+    const alice = await makeClient()
+    const bob = await makeClient()
+    const file = new Uint8Array(20 * 64 * 1024).map((_, i) => i & 0xff)
+    await queue(alice, bob, 'big twice', { file })
+    await Promise.all([connect(alice, r1, 'ws://r1').done, connect(alice, r2, 'ws://r2').done])
+    const w1: Wire = { up: [], down: [] }
+    const w2: Wire = { up: [], down: [] }
+    await Promise.all([connect(bob, r1, 'ws://r1', { role: 'mailbox', wire: w1 }).done, connect(bob, r2, 'ws://r2', { role: 'mailbox', wire: w2 }).done])
+    const served = [w1, w2].map((w) => w.down.filter((f) => f.type === FrameType.CHUNK).length)
+    expect(served[0]! + served[1]!).toBe(21) // every chunk fetched once, from one relay
+    const [item] = await bob.inbox.items()
+    expect(bob.files.files.get(item!.file!)).toEqual(file)
+    for (const r of [r1, r2]) expect((await r.store.stats()).messages).toBe(0)
   })
 })

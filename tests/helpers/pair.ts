@@ -6,7 +6,7 @@
 import type { Env } from '../../src/protocol/env.js'
 import { systemEnv } from '../../src/protocol/env.js'
 import { decodeFrame, type Frame } from '../../src/protocol/frames.js'
-import { type ClientContext, type SessionResult, SyncSession } from '../../src/client/sync-engine.js'
+import { type ClientContext, type SessionResult, type SessionRole, SyncSession } from '../../src/client/sync-engine.js'
 import { generateIdentity, type Identity } from '../../src/client/identity.js'
 import { MemoryFileSink } from '../../src/client/files.js'
 import { openMemoryDb, type Db } from '../../src/queue/db.js'
@@ -14,7 +14,7 @@ import { GroupCommit } from '../../src/queue/group-commit.js'
 import { Inbox } from '../../src/queue/inbox.js'
 import { Outbox } from '../../src/queue/outbox.js'
 import { MailboxStore } from '../../src/queue/mailbox.js'
-import { Relay } from '../../src/relay/relay-engine.js'
+import { Relay, type RelayOptions } from '../../src/relay/relay-engine.js'
 
 export interface TestClient {
   me: Identity
@@ -34,9 +34,9 @@ export async function makeClient(env: Env = systemEnv): Promise<TestClient> {
   return { me, db, outbox, inbox, files, ctx: { me, outbox, inbox, files, env, locks: new Set() } }
 }
 
-export async function makeRelay(env: Env = systemEnv, db?: Db): Promise<Relay> {
+export async function makeRelay(env: Env = systemEnv, db?: Db, options: RelayOptions = {}): Promise<Relay> {
   const d = db ?? (await openMemoryDb())
-  return new Relay(new MailboxStore(d, new GroupCommit(d)), env)
+  return new Relay(new MailboxStore(d, new GroupCommit(d)), env, options)
 }
 
 export interface Wire {
@@ -44,12 +44,12 @@ export interface Wire {
   down: Frame[]
 }
 
-/** Run one session between `client` and `relay`; `cutAfterUp` closes the link after that many client frames. */
+/** Run one session (upload role unless told) between `client` and `relay`; `cutAfterUp` closes the link after that many client frames. */
 export function connect(
   client: TestClient,
   relay: Relay,
   url: string,
-  opts: { untilEmpty?: boolean; cutAfterUp?: number; wire?: Wire } = {},
+  opts: { role?: SessionRole; untilEmpty?: boolean; cutAfterUp?: number; wire?: Wire } = {},
 ): { session: SyncSession; done: Promise<SessionResult> } {
   let open = true
   let upCount = 0
@@ -89,8 +89,15 @@ export function connect(
         relaySession.close()
       },
     },
-    { untilEmpty: opts.untilEmpty ?? true },
+    { role: opts.role ?? 'upload', untilEmpty: opts.untilEmpty ?? true },
   )
   for (const b of pendingDown.splice(0)) setImmediate(() => open && session.receive(b))
   return { session, done: session.done }
+}
+
+/** What the driver does for one relay: fetch the mailbox, then send what is queued (its receipts included). */
+export async function syncWith(client: TestClient, relay: Relay, url: string): Promise<SessionResult> {
+  const down = await connect(client, relay, url, { role: 'mailbox' }).done
+  const up = await connect(client, relay, url).done
+  return { uploaded: up.uploaded, received: down.received, rejected: [...down.rejected, ...up.rejected] }
 }

@@ -56,7 +56,11 @@ const examples: Array<[string, Frame, Uint8Array]> = [
     { type: FrameType.HELLO, version: PROTOCOL_VERSION, challenge: pattern(32, 9), maxEnvelope: 70_000_000 },
     raw(0x01, (w) => w.u8(1).bytes(pattern(32, 9)).u32(70_000_000)),
   ],
-  ['AUTH', { type: FrameType.AUTH, signPublicKey: pattern(32, 4), signature: pattern(64, 5) }, raw(0x02, (w) => w.bytes(pattern(32, 4)).bytes(pattern(64, 5)))],
+  [
+    'AUTH',
+    { type: FrameType.AUTH, signPublicKey: pattern(32, 4), signature: pattern(64, 5), origin: 'wss://relay.example:443' },
+    raw(0x02, (w) => w.bytes(pattern(32, 4)).bytes(pattern(64, 5)).u16(23).bytes(utf8('wss://relay.example:443'))),
+  ],
   ['AUTH_OK', { type: FrameType.AUTH_OK, mailbox: MAILBOX }, raw(0x03, (w) => w.bytes(MAILBOX))],
   [
     'PUT (middle chunk)',
@@ -199,7 +203,7 @@ const errorMessage = fc
 
 const frameArb: fc.Arbitrary<Frame> = fc.oneof(
   fc.record({ type: fc.constant(FrameType.HELLO), version: fc.nat(255), challenge: id, maxEnvelope: u32 }),
-  fc.record({ type: fc.constant(FrameType.AUTH), signPublicKey: id, signature: bytesN(64) }),
+  fc.record({ type: fc.constant(FrameType.AUTH), signPublicKey: id, signature: bytesN(64), origin: fc.string({ maxLength: 255, unit: 'binary-ascii' }) }),
   fc.record({ type: fc.constant(FrameType.AUTH_OK), mailbox: id }),
   fc
     .record({ id, mailbox: id, expiresAt: fc.maxSafeNat(), chunk: chunkOf })

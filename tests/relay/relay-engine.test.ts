@@ -2,8 +2,7 @@
 import { describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
 import { generateIdentity } from '../../src/client/identity.js'
-import { AUTH_DOMAIN } from '../../src/protocol/auth.js'
-import { concat } from '../../src/protocol/bytes.js'
+import { authMessage } from '../../src/protocol/auth.js'
 import { Kind, seal } from '../../src/protocol/envelope.js'
 import { decodeFrame, encodeFrame, type Frame, FrameType, MAX_FRAME_BYTES } from '../../src/protocol/frames.js'
 import { messageId } from '../../src/protocol/hash.js'
@@ -13,9 +12,10 @@ import type { Relay } from '../../src/relay/relay-engine.js'
 import { makeRelay } from '../helpers/pair.js'
 
 const flush = () => new Promise((r) => setTimeout(r, 30))
+const ORIGIN = 'ws://r1:80'
 
 async function open(existing?: Relay) {
-  const relay = existing ?? (await makeRelay())
+  const relay = existing ?? (await makeRelay(undefined, undefined, { origins: [ORIGIN] }))
   const got: Frame[] = []
   let closed: string | undefined
   const s = relay.connect({ send: (b) => got.push(decodeFrame(b)), close: (r) => (closed = r ?? '') })
@@ -24,8 +24,11 @@ async function open(existing?: Relay) {
   return { relay, got, send, hello, closed: () => closed, raw: (b: Uint8Array) => s.receive(b) }
 }
 
-function auth(hello: Extract<Frame, { type: typeof FrameType.HELLO }>, who = generateIdentity()) {
-  return { who, frame: { type: FrameType.AUTH, signPublicKey: who.address.signPublicKey, signature: sign(concat([AUTH_DOMAIN, hello.challenge]), who.signSecretKey) } as Frame }
+function auth(hello: Extract<Frame, { type: typeof FrameType.HELLO }>, who = generateIdentity(), origin = ORIGIN) {
+  return {
+    who,
+    frame: { type: FrameType.AUTH, signPublicKey: who.address.signPublicKey, signature: sign(authMessage(hello.challenge, origin), who.signSecretKey), origin } as Frame,
+  }
 }
 
 function envelopeFor(to = generateIdentity(), expiresAt = Date.now() + 3600_000) {
@@ -56,7 +59,7 @@ describe('relay engine', () => {
     c.send({ type: FrameType.LIST, max: 10 })
     expect(errors(c.got).map((e) => e.code)).toEqual(['UNAUTHENTICATED'])
     const other = generateIdentity()
-    c.send({ type: FrameType.AUTH, signPublicKey: other.address.signPublicKey, signature: sign(concat([AUTH_DOMAIN, c.hello.challenge]), generateIdentity().signSecretKey) })
+    c.send({ type: FrameType.AUTH, signPublicKey: other.address.signPublicKey, signature: sign(authMessage(c.hello.challenge, ORIGIN), generateIdentity().signSecretKey), origin: ORIGIN })
     expect(errors(c.got).map((e) => e.code)).toEqual(['UNAUTHENTICATED', 'UNAUTHENTICATED'])
     const replay = await open() // a signature over another connection's challenge is no good here
     replay.send(auth(c.hello).frame)
@@ -114,6 +117,57 @@ describe('relay engine', () => {
     expect(errs.find((e) => e.code === 'EXPIRED')!.id).toEqual(old.id)
     expect(errs.find((e) => e.code === 'BAD_ENVELOPE')!.id).toEqual(lie)
     expect((await c.relay.store.stats()).messages).toBe(0)
+  })
+
+  it('refuses a login signed for another relay: a hostile relay cannot replay a challenge here', async () => {
+    // Mallory's relay forwards this relay's challenge to bob, who thinks he
+    // dialled ws://mallory and signs for that origin; the answer is no good here,
+    // neither as signed nor relabelled with this relay's origin.
+    const bob = generateIdentity()
+    const honest = await open()
+    const forBob = auth(honest.hello, bob, 'ws://mallory.example:7000').frame as Extract<Frame, { type: typeof FrameType.AUTH }>
+    honest.send(forBob)
+    honest.send({ ...forBob, origin: ORIGIN })
+    honest.send({ type: FrameType.LIST, max: 10 })
+    await flush()
+    expect(errors(honest.got).map((e) => e.code)).toEqual(['UNAUTHENTICATED', 'UNAUTHENTICATED', 'UNAUTHENTICATED'])
+    expect(errors(honest.got)[0]!.message).toMatch(/not this relay/)
+    expect(honest.got.some((f) => f.type === FrameType.AUTH_OK || f.type === FrameType.INDEX)).toBe(false)
+    // The same key signing for this relay's origin gets in.
+    const ok = await open(honest.relay)
+    ok.send(auth(ok.hello, bob).frame)
+    expect(ok.got.at(-1)).toMatchObject({ type: FrameType.AUTH_OK, mailbox: bob.mailbox })
+  })
+
+  it('refuses an expiry beyond the relay\'s TTL cap', async () => {
+    const relay = await makeRelay(undefined, undefined, { maxTtlMs: 24 * 3600_000 })
+    const c = await open(relay)
+    const far = envelopeFor(undefined, Date.now() + 2 * 24 * 3600_000)
+    c.send({ type: FrameType.PUT, id: far.id, mailbox: far.to.mailbox, expiresAt: far.expiresAt, size: far.env.length, index: 0, data: far.env })
+    const near = envelopeFor(undefined, Date.now() + 12 * 3600_000)
+    c.send({ type: FrameType.PUT, id: near.id, mailbox: near.to.mailbox, expiresAt: near.expiresAt, size: near.env.length, index: 0, data: near.env })
+    await flush()
+    expect(errors(c.got)).toMatchObject([{ code: 'BAD_INPUT', id: far.id }])
+    expect(c.got.find((f) => f.type === FrameType.STORED)).toMatchObject({ ids: [near.id] })
+  })
+
+  it('tells a connection with too much in flight to retry later, and keeps serving it', async () => {
+    const c = await open()
+    const ids: Uint8Array[] = []
+    for (let i = 0; i < 4200; i++) {
+      const id = new Uint8Array(32)
+      new DataView(id.buffer).setUint32(0, i)
+      ids.push(id)
+    }
+    // 4,200 QUERY frames sent in one go, before the store answers any of them.
+    for (const id of ids) c.send({ type: FrameType.QUERY, ids: [id] })
+    await flush()
+    const refused = errors(c.got).filter((e) => e.code === 'RETRY_LATER')
+    expect(refused.length).toBe(4200 - 4096)
+    expect(c.got.filter((f) => f.type === FrameType.HAVE)).toHaveLength(4096)
+    c.send({ type: FrameType.QUERY, ids: [ids[0]!] })
+    await flush()
+    expect(c.got.filter((f) => f.type === FrameType.HAVE)).toHaveLength(4097)
   })
 })
 

@@ -8,6 +8,7 @@ import { isFinal } from '../queue/outbox.js'
 import { compose, DEFAULT_TTL_MS, parseDuration, parsePriority } from './compose.js'
 import { openHome } from './client-home.js'
 import { initHome, loadIdentity, resolveHome } from './identity.js'
+import { printable, printableLine, shortAddress } from './printable.js'
 import { LiveLine } from './progress.js'
 import { runSync } from './sync-driver.js'
 import type { SyncEvent } from './sync-engine.js'
@@ -131,7 +132,7 @@ export async function cmdSync(
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
       signal: ac.signal,
       onRetry: (relay, err, delay) => {
-        t.retrying = `retry ${relay} in ${(delay / 1000).toFixed(1)}s (${err.message})`
+        t.retrying = `retry ${relay} in ${(delay / 1000).toFixed(1)}s (${printableLine(err.message)})`
         render(true)
       },
     })
@@ -145,8 +146,8 @@ export async function cmdSync(
       const n = (await home.outbox.pendingFor(r, later)).length
       if (n > 0) pending.push(`${n} not yet accepted by ${r}`)
     }
-    for (const r of report.relays) if (!r.ok && opts.untilEmpty) pending.push(`mailbox on ${r.relay} not confirmed drained${r.error ? ` (${r.error})` : ''}`)
-    const rejected = report.relays.flatMap((r) => r.rejected.map((x) => `${x.id.slice(0, 12)} rejected by ${r.relay}: ${x.code} ${x.message}`))
+    for (const r of report.relays) if (!r.ok && opts.untilEmpty) pending.push(`${r.relay} not finished${r.error ? ` (${printableLine(r.error)})` : ''}`)
+    const rejected = report.relays.flatMap((r) => r.rejected.map((x) => `${x.id.slice(0, 12)} rejected by ${r.relay}: ${x.code} ${printableLine(x.message)}`))
     if (opts.json) {
       out(JSON.stringify({ ok: report.ok && pending.length === 0, timed_out: report.timedOut, relays: report.relays, pending, totals: t }))
     }
@@ -190,7 +191,7 @@ export async function cmdStatus(opts: { home?: string; json?: boolean; all?: boo
       return 0
     }
     for (const r of records) {
-      out(`${r.id.slice(0, 16)}  ${r.state.padEnd(9)}  ${String(r.bytes).padStart(9)} B  to ${r.to.slice(0, 14)}…  relays ${r.relays.length}  ${r.summary ?? ''}`)
+      out(`${r.id.slice(0, 16)}  ${r.state.padEnd(9)}  ${String(r.bytes).padStart(9)} B  to ${shortAddress(r.to)}  relays ${r.relays.length}  ${printableLine(r.summary ?? '')}`)
     }
     const open = records.filter((r) => !isFinal(r)).length
     out(`${records.length} messages, ${open} not yet delivered`)
@@ -207,7 +208,7 @@ export async function cmdInbox(opts: { home?: string; json?: boolean; quarantine
       const q = await home.inbox.quarantined()
       if (opts.json) out(JSON.stringify(q.map((x) => ({ ...x, received_at: new Date(x.received_at).toISOString() })), null, 2))
       else if (q.length === 0) out('nothing quarantined')
-      else for (const x of q) out(`${x.id.slice(0, 16)}  ${x.code}  ${x.reason}`)
+      else for (const x of q) out(`${x.id.slice(0, 16)}  ${x.code}  ${printableLine(x.reason)}`)
       return 0
     }
     const items = await home.inbox.items()
@@ -217,9 +218,9 @@ export async function cmdInbox(opts: { home?: string; json?: boolean; quarantine
     }
     if (items.length === 0) out('inbox is empty')
     for (const x of items) {
-      out(`${x.id.slice(0, 16)}  from ${x.from.slice(0, 14)}…  ${new Date(x.created_at).toISOString()}`)
-      if (x.text !== undefined) out(`  ${x.text.split('\n').join('\n  ')}`)
-      if (x.file) out(`  attachment: ${x.file} (${x.file_bytes} bytes)`)
+      out(`${x.id.slice(0, 16)}  from ${shortAddress(x.from)}  ${new Date(x.created_at).toISOString()}`)
+      if (x.text !== undefined) out(`  ${printable(x.text).split('\n').join('\n  ')}`)
+      if (x.file) out(`  attachment: ${printableLine(x.file)} (${x.file_bytes} bytes)`)
     }
     const q = await home.inbox.quarantined()
     if (q.length > 0) out(`${q.length} quarantined (failed verification): chapar inbox --quarantined`)

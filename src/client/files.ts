@@ -7,11 +7,20 @@ export interface FileSink {
   save(id: string, name: string, data: Uint8Array): Promise<string>
 }
 
-/** A file name from a stranger, made safe: no directories, no control characters, no dot-files. */
+/** A file name from a stranger, made safe: no directories, no control or bidi characters (no "gpj.exe" shown as "exe.jpg"), no dot-files. */
 export function safeFileName(name: string): string {
   const base = name.split(/[\\/]/).pop() ?? ''
-  const clean = base.replace(/[\u0000-\u001f\u007f]/g, '').replace(/^\.+/, '').trim().slice(0, 200)
+  const clean = base.replace(/[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/g, '').replace(/^\.+/, '').trim().slice(0, 200)
   return clean.length > 0 ? clean : 'attachment'
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r')
+  try {
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
 }
 
 export class DiskFileSink implements FileSink {
@@ -28,6 +37,9 @@ export class DiskFileSink implements FileSink {
     } finally {
       await fh.close()
     }
+    // The file's directory entries must be durable too before the inbox names it.
+    await syncDir(folder)
+    await syncDir(this.dir)
     return file
   }
 }

@@ -115,7 +115,8 @@ export class MailboxStore {
         return this.partials.get(id)
       })()
       this.loading.set(id, pending)
-      void pending.finally(() => this.loading.delete(id))
+      const forget = (): void => void this.loading.delete(id)
+      pending.then(forget, forget) // (not .finally: its rejection would go unhandled and kill the relay)
     }
     return pending
   }

@@ -19,6 +19,8 @@ describe('safeFileName', () => {
     expect(safeFileName('C:\\Users\\x\\clip.mp4')).toBe('clip.mp4')
     expect(safeFileName('.bashrc')).toBe('bashrc')
     expect(safeFileName('a\u0000b\nc')).toBe('abc')
+    expect(safeFileName('report\u202Egpj.exe')).toBe('reportgpj.exe') // no right-to-left override disguising the extension
+    expect(safeFileName('x\u009b31my')).toBe('x31my')
     expect(safeFileName('..')).toBe('attachment')
     expect(safeFileName('')).toBe('attachment')
   })

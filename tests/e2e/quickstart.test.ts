@@ -104,6 +104,9 @@ describe('bad input: one line on stderr, non-zero exit, no stack trace', () => {
     await expectOneLineError(['send', '--home', home, '--to', addr], /nothing to send/)
     await expectOneLineError(['send', '--home', home, '--to', addr, '--text', 'x', '--ttl', 'soon'], /bad duration/)
     await expectOneLineError(['send', '--home', home, '--to', addr, '--text', 'x', '--priority', 'asap'], /priority must be/)
+    await expectOneLineError(['send', '--home', home, '--to', addr, '--text', 'x', '--ttl', '31d'], /--ttl may be at most 30d/)
+    await expectOneLineError(['relay', '--port', '0', '--data', path.join(dir, 'r-bad'), '--public-url', 'http://relay.example'], /--public-url must be a ws:\/\/ or wss:\/\/ URL/)
+    await expectOneLineError(['relay', '--port', '0', '--data', path.join(dir, 'r-bad'), '--max-ttl', 'forever'], /bad duration/)
     await expectOneLineError(['sync', '--home', home, '--relay', 'http://127.0.0.1:1'], /must be a ws:\/\/ or wss:\/\/ URL/)
     await expectOneLineError(['sync', '--home', home], /no relay given/)
     const notDir = path.join(dir, 'file-not-home')
@@ -115,6 +118,17 @@ describe('bad input: one line on stderr, non-zero exit, no stack trace', () => {
     await writeFile(path.join(corrupt, 'identity.json'), '{nope')
     await expectOneLineError(['whoami', '--home', corrupt], /corrupt identity file/)
     await expectOneLineError(['init', '--home', home], /already holds an identity/)
+  })
+
+  it('the relay names the origins it accepts logins for, and takes --public-url', async () => {
+    const r = await startRelay(path.join(dir, 'data-origins'), 0, ['--public-url', 'wss://Relay.Example.org/chapar'])
+    try {
+      const listening = JSON.parse(r.lines.find((l) => l.includes('"relay listening"'))!)
+      expect(listening.auth_origins.sort()).toEqual([`ws://127.0.0.1:${r.port}`, `ws://localhost:${r.port}`, 'wss://relay.example.org:443'].sort())
+    } finally {
+      r.child.kill('SIGTERM')
+      await r.exited
+    }
   })
 
   it('sync against an unreachable relay times out with a one-line summary', async () => {

@@ -8,6 +8,7 @@ import { decodeFrame, encodeFrame, type Frame, FrameType, MAX_FRAME_BYTES } from
 import { messageId } from '../../src/protocol/hash.js'
 import { sign } from '../../src/protocol/signature.js'
 import { listenWs } from '../../src/relay/ws-server.js'
+import { authOrigins } from '../../src/relay/relay-command.js'
 import type { Relay } from '../../src/relay/relay-engine.js'
 import { makeRelay } from '../helpers/pair.js'
 
@@ -197,5 +198,16 @@ describe('relay ws server limits', () => {
     } finally {
       await server.close()
     }
+  })
+})
+
+describe('relay login origins', () => {
+  it('a wildcard listener answers for every interface address; a named host for itself; --public-url adds more', () => {
+    const wild = authOrigins('0.0.0.0', 7000, [])
+    expect(wild).toContain('ws://127.0.0.1:7000')
+    expect(wild).toContain('ws://localhost:7000')
+    expect(wild.every((o) => o.endsWith(':7000'))).toBe(true)
+    expect(authOrigins('10.1.2.3', 7000, ['wss://relay.example.org'])).toEqual(['ws://10.1.2.3:7000', 'wss://relay.example.org:443'])
+    expect(authOrigins('::1', 7000, [])).toContain('ws://[::1]:7000')
   })
 })

@@ -8,7 +8,7 @@ import { Inbox } from '../queue/inbox.js'
 import { Outbox } from '../queue/outbox.js'
 import { DiskFileSink } from './files.js'
 import { type Identity, loadIdentity } from './identity.js'
-import type { ClientContext, SyncEvent } from './sync-engine.js'
+import type { ClientContext, DownloadLock, SyncEvent } from './sync-engine.js'
 
 export interface ClientHome {
   home: string
@@ -33,7 +33,7 @@ export async function openHome(home: string): Promise<ClientHome> {
   const outbox = new Outbox(db)
   const inbox = new Inbox(db, new GroupCommit(db, true))
   const files = new DiskFileSink(path.join(home, 'files'))
-  const locks = new Set<string>()
+  const locks = new Map<string, DownloadLock>()
   return {
     home,
     me,

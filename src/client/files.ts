@@ -10,7 +10,7 @@ export interface FileSink {
 /** A file name from a stranger, made safe: no directories, no control or bidi characters (no "gpj.exe" shown as "exe.jpg"), no dot-files. */
 export function safeFileName(name: string): string {
   const base = name.split(/[\\/]/).pop() ?? ''
-  const clean = base.replace(/[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/g, '').replace(/^\.+/, '').trim().slice(0, 200)
+  const clean = base.replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/g, '').replace(/^\.+/, '').trim().slice(0, 200)
   return clean.length > 0 ? clean : 'attachment'
 }
 

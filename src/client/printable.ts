@@ -8,7 +8,7 @@
 
 // C0 controls except \t and \n, DEL, C1 controls, bidi embeddings/overrides/isolates, line/paragraph separators.
 // eslint-disable-next-line no-control-regex
-const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/gu
+const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/gu
 
 /** Replace every unsafe code point with U+FFFD; newlines and tabs are kept. */
 export function printable(s: string): string {

@@ -62,8 +62,19 @@ export const DOWNLOAD_WINDOW_CHUNKS = 16
 export const LIST_MAX = 256
 export const POLL_INTERVAL_MS = 10_000
 const DEFER_MS = 500
-/** A receipt outlives the report it answers by at least this much. */
-export const RECEIPT_MIN_TTL_MS = 24 * 3600_000
+/**
+ * A receipt's lifetime, the same for every receipt and rounded up to the
+ * hour: were it the report's remaining lifetime, its expiry would equal the
+ * report's to the millisecond and tell the relay who wrote which report.
+ */
+export const RECEIPT_TTL_MS = 14 * 24 * 3600_000
+const HOUR_MS = 3600_000
+/** A download with no new chunk for this long gives up its lock if another session wants it (a relay trickling chunks must not hold a message hostage). */
+export const STALL_MS = 30_000
+/** DONEs per id per session before a relay that keeps listing it is taken to ignore them. */
+export const MAX_DONE_RETRIES = 5
+/** How long a session leaves a stalled id to other sessions before trying it again. */
+export const STALL_BACKOFF_MS = 60_000
 
 
 export type SyncEvent =
@@ -81,13 +92,19 @@ export interface ClientContext {
   inbox: Inbox
   files: FileSink
   env: Env
-  /** Ids being finished by some session right now (shared by the sessions of one sync). */
-  locks: Set<string>
+  /** Ids being downloaded right now (shared by the sessions of one sync). */
+  locks: Map<string, DownloadLock>
   verify?: (message: Uint8Array, signature: Uint8Array, publicKey: Uint8Array) => boolean
   onEvent?: (e: SyncEvent) => void
 }
 
 export type SessionRole = 'upload' | 'mailbox'
+
+/** Who is downloading an id, and whether another session is waiting for it. */
+export interface DownloadLock {
+  owner: unknown
+  wanted: boolean
+}
 
 export interface SessionOptions {
   /** `upload` sends the outbox without identifying itself; `mailbox` logs in and fetches. */
@@ -123,6 +140,9 @@ interface Download {
   have: Set<number>
   requested: Map<number, number>
   finishing: boolean
+  /** Started from chunks already on disk (perhaps another relay's): a hash failure gets one clean re-fetch. */
+  resumed: boolean
+  lastProgressAt: number
 }
 
 export class SyncSession {
@@ -155,8 +175,14 @@ export class SyncSession {
   private doneIds: Uint8Array[] = []
   private deferred = false
   private lastScanAt = 0
-  /** Listed ids this session cannot take (too large, or served bytes that failed their hash). */
+  /** Listed ids this session will not take (too large, served bytes that failed their hash, DONE ignored). */
   private readonly unusable = new Set<string>()
+  /** DONEs sent per id: a relay that keeps listing an id after DONE is asked again, a few times, slowly. */
+  private readonly doneSent = new Map<string, number>()
+  /** Ids this session gave up for stalling, and until when it leaves them to others. */
+  private readonly stalled = new Map<string, number>()
+  /** Locks this session holds in ctx.locks. */
+  private readonly held = new Set<string>()
 
   private readonly result: SessionResult = { uploaded: 0, received: 0, rejected: [] }
 
@@ -250,9 +276,28 @@ export class SyncSession {
   private end(reason: string): void {
     this.finished = true
     if (this.tick !== undefined) this.ctx.env.timers.clearTimeout(this.tick)
-    for (const d of this.downloads.values()) this.ctx.locks.delete(d.hex)
+    // A step of this session may still be running (the link died mid-step);
+    // it takes no new lock once finished, and releases only locks it owns.
+    for (const hex of [...this.held]) this.unlock(hex)
     this.downloads.clear()
     this.link.close(reason)
+  }
+
+  private lock(hex: string): boolean {
+    if (this.finished) return false
+    const other = this.ctx.locks.get(hex)
+    if (other) {
+      other.wanted = true
+      return false
+    }
+    this.ctx.locks.set(hex, { owner: this, wanted: false })
+    this.held.add(hex)
+    return true
+  }
+
+  private unlock(hex: string): void {
+    if (this.ctx.locks.get(hex)?.owner === this) this.ctx.locks.delete(hex)
+    this.held.delete(hex)
   }
 
   private async handle(f: Frame): Promise<void> {
@@ -421,11 +466,31 @@ export class SyncSession {
     if (this.listSentAt === undefined) return // a duplicate INDEX
     this.listSentAt = undefined
     let actionable = 0
+    const now = this.now()
     for (const e of entries) {
+      if (this.finished) return // the link died while this step waited on the store
       const hex = toHex(e.id)
       if (this.unusable.has(hex)) continue
       actionable++
       if (this.downloads.has(hex)) continue
+      const dones = this.doneSent.get(hex) ?? 0
+      if (dones > 0) {
+        // Listed again after our DONE: the DONE was lost, or the relay ignores
+        // it. Say it again, but list again only after a pause, and give up on
+        // the id after a few tries rather than spin.
+        if (dones >= MAX_DONE_RETRIES) {
+          this.unusable.add(hex)
+          actionable--
+          continue
+        }
+        this.markDone(e.id)
+        this.deferred = true
+        continue
+      }
+      if ((this.stalled.get(hex) ?? 0) > now) {
+        this.deferred = true
+        continue
+      }
       if (e.size > this.maxEnvelope || e.size === 0) {
         // Nothing sane can be done with it; leave it on the relay for its TTL and say so.
         this.unusable.add(hex)
@@ -433,22 +498,39 @@ export class SyncSession {
         this.reject(hex, ErrorCode.TOO_LARGE, `mailbox entry of ${e.size} bytes`)
         continue
       }
-      if (this.ctx.locks.has(hex)) {
+      // Held from here until the message is stored or given up, so two
+      // sessions never write the same partial chunks.
+      if (!this.lock(hex)) {
         this.deferred = true // another session is fetching it right now; look again shortly
         continue
       }
-      // Held from here until the message is stored or given up, so two
-      // sessions never write the same partial chunks.
-      this.ctx.locks.add(hex)
-      if (await this.ctx.inbox.has(hex)) {
-        this.ctx.locks.delete(hex)
-        this.doneIds.push(e.id.slice())
-        this.emit({ type: 'received', relay: this.relay, id: hex, as: 'duplicate' })
-        continue
-      }
+      let have: Set<number>
       const chunks = chunkCount(e.size)
-      const have = new Set(chunks > 1 ? await this.ctx.inbox.chunksHeld(hex, e.size) : [])
-      const d: Download = { id: e.id.slice(), hex, size: e.size, chunks, expiresAt: e.expiresAt, have, requested: new Map(), finishing: false }
+      try {
+        if (await this.ctx.inbox.has(hex)) {
+          this.unlock(hex)
+          this.markDone(e.id)
+          this.emit({ type: 'received', relay: this.relay, id: hex, as: 'duplicate' })
+          continue
+        }
+        have = new Set(chunks > 1 ? await this.ctx.inbox.chunksHeld(hex, e.size) : [])
+      } catch (err) {
+        this.unlock(hex)
+        throw err
+      }
+      if (this.finished) return // end() released the lock
+      const d: Download = {
+        id: e.id.slice(),
+        hex,
+        size: e.size,
+        chunks,
+        expiresAt: e.expiresAt,
+        have,
+        requested: new Map(),
+        finishing: false,
+        resumed: have.size > 0,
+        lastProgressAt: this.now(),
+      }
       this.downloads.set(hex, d)
       // Every chunk already on disk (the last sync stopped between the last chunk and the inbox write).
       if (chunks > 1 && have.size === chunks) await this.finishDownload(d, await this.ctx.inbox.assemble(hex, d.size))
@@ -474,8 +556,15 @@ export class SyncSession {
   }
 
   private dropDownload(d: Download): void {
-    this.downloads.delete(d.hex)
-    this.ctx.locks.delete(d.hex)
+    if (this.downloads.get(d.hex) === d) this.downloads.delete(d.hex)
+    this.unlock(d.hex)
+  }
+
+  /** DONE will be sent for `id`. */
+  private markDone(id: Uint8Array): void {
+    const hex = toHex(id)
+    this.doneIds.push(id.slice())
+    this.doneSent.set(hex, (this.doneSent.get(hex) ?? 0) + 1)
   }
 
   private pumpDownloads(): void {
@@ -500,11 +589,13 @@ export class SyncSession {
     if (!d || d.finishing || d.have.has(f.index)) return
     if (f.size !== d.size) throw new ProtocolError(ErrorCode.BAD_FRAME, 'chunk size disagrees with the mailbox index')
     d.requested.delete(f.index)
+    d.lastProgressAt = this.now()
     if (d.chunks === 1) {
       d.have.add(0)
       await this.finishDownload(d, f.data)
     } else {
       await this.ctx.inbox.putChunk(hex, d.size, d.chunks, f.index, f.data.slice())
+      if (this.finished) return
       d.have.add(f.index)
       this.emit({ type: 'progress', relay: this.relay, id: hex, done: d.have.size, total: d.chunks, direction: 'down' })
       if (d.have.size === d.chunks) await this.finishDownload(d, await this.ctx.inbox.assemble(hex, d.size))
@@ -516,25 +607,36 @@ export class SyncSession {
   /** Verify, decrypt, store (with its receipt) in one fsynced batch, then DONE. The session holds the id's lock. */
   private async finishDownload(d: Download, envelope: Uint8Array): Promise<void> {
     d.finishing = true
+    let keep = false
     try {
       if (!equal(messageId(envelope), d.id)) {
-        // The relay served bytes that are not the message it listed (a
-        // corrupt or hostile relay, or chunks from two relays' different
-        // claims). Not a message at all: nothing is recorded under the id, no
-        // DONE; the chunks go, and a later sync (or another relay) fetches it.
+        // Not the message that was listed. Nothing is recorded under the id
+        // and no DONE is sent, so a relay cannot poison dedup for the real one.
         if (d.chunks > 1) await this.ctx.inbox.dropPartial(d.hex)
+        if (d.resumed && !this.finished) {
+          // Some chunks came from disk, perhaps left by another relay's bad
+          // copy: fetch every chunk again from this relay before judging it.
+          d.resumed = false
+          d.finishing = false
+          d.have.clear()
+          d.requested.clear()
+          d.lastProgressAt = this.now()
+          keep = true
+          return
+        }
         this.unusable.add(d.hex)
         this.reject(d.hex, ErrorCode.BAD_ENVELOPE, 'relay served bytes that do not hash to the listed id; will fetch again next sync')
         return
       }
+      if (this.finished) return
       if (await this.ctx.inbox.has(d.hex)) {
         this.emit({ type: 'received', relay: this.relay, id: d.hex, as: 'duplicate' })
       } else {
         await this.store(d, envelope)
       }
-      this.doneIds.push(d.id)
+      this.markDone(d.id)
     } finally {
-      this.dropDownload(d)
+      if (!keep) this.dropDownload(d)
     }
   }
 
@@ -586,7 +688,7 @@ export class SyncSession {
       to: opened.from,
       content: { kind: Kind.receipt, ids: [d.id] },
       now,
-      ttlMs: Math.max(opened.header.expiresAt - now, RECEIPT_MIN_TTL_MS),
+      ttlMs: Math.ceil((now + RECEIPT_TTL_MS) / HOUR_MS) * HOUR_MS - now,
       priority: Priority.urgent,
       randomBytes: this.ctx.env.randomBytes,
     })
@@ -627,6 +729,14 @@ export class SyncSession {
       for (const [i, at] of u.sent) if (now - at > RESEND_AFTER_MS) this.sendChunk(u, i)
     }
     for (const d of this.downloads.values()) for (const [i, at] of d.requested) if (now - at > RESEND_AFTER_MS) d.requested.delete(i)
+    for (const d of [...this.downloads.values()]) {
+      if (!d.finishing && now - d.lastProgressAt > STALL_MS && this.ctx.locks.get(d.hex)?.wanted) {
+        // No new chunk for a while and another session (another relay) is waiting: let it try.
+        this.dropDownload(d)
+        this.stalled.set(d.hex, now + STALL_BACKOFF_MS)
+        if (this.downloads.size === 0) this.afterBatch()
+      }
+    }
     if (this.downloads.size > 0) this.pumpDownloads()
     if (this.listSentAt !== undefined && now - this.listSentAt > RESEND_AFTER_MS) this.sendList()
     if (this.authed && this.nextListAt !== undefined && now >= this.nextListAt) this.sendList()

@@ -24,6 +24,8 @@ export const BOX_OVERHEAD = nacl.box.overheadLength
 /** Largest attachment a report may carry (a short video). */
 export const MAX_FILE_BYTES = 64 * 1024 * 1024
 /** The longest a sender may ask relays to keep a message (`send --ttl`). */
+/** The largest time a JavaScript Date can hold (ECMA-262 §21.4.1.1); a later creation time could not be shown. */
+export const MAX_DATE_MS = 8.64e15
 export const MAX_TTL_MS = 30 * 24 * 3600_000
 /** What relays accept by default: MAX_TTL_MS plus room for a field device's clock running days fast. */
 export const RELAY_MAX_TTL_MS = MAX_TTL_MS + 5 * 24 * 3600_000
@@ -186,6 +188,7 @@ export function open(
     const to = r.bytes(32)
     if (!equal(to, me.address.signPublicKey)) throw new ChaparError(ErrorCode.NOT_FOR_ME, 'signed for another recipient')
     const createdAt = r.u64()
+    if (createdAt > MAX_DATE_MS) throw new ChaparError(ErrorCode.BAD_ENVELOPE, 'creation time is past the year 275760')
     const kind = r.u8()
     const priority = r.u8()
     let content: Content

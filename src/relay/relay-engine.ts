@@ -22,6 +22,8 @@ export const MAX_LIST = 512
 /** PUT/QUERY work one connection may have in progress before it is told to slow down. */
 export const MAX_IN_FLIGHT_OPS = 4096
 export const MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024
+/** LIST/GET/DONE frames one connection may have queued. */
+export const MAX_QUEUED_MAILBOX_OPS = 256
 
 export interface RelayOptions {
   maxEnvelope?: number
@@ -100,6 +102,7 @@ export class RelaySession {
   private closed = false
   private inFlightOps = 0
   private inFlightBytes = 0
+  private queuedMailboxOps = 0
 
   constructor(
     private readonly relay: Relay,
@@ -167,9 +170,20 @@ export class RelaySession {
           this.error(ErrorCode.UNAUTHENTICATED, 'AUTH first: mailbox operations need proof of the mailbox key')
           return
         }
+        if (this.queuedMailboxOps >= MAX_QUEUED_MAILBOX_OPS) {
+          this.error(ErrorCode.RETRY_LATER, 'too many mailbox requests queued on this connection')
+          return
+        }
         const mailbox = this.mailbox
         const frame = f
-        this.ordered = this.ordered.then(() => this.guard(this.onMailbox(frame, mailbox)))
+        this.queuedMailboxOps++
+        this.ordered = this.ordered.then(async () => {
+          try {
+            await this.guard(this.onMailbox(frame, mailbox))
+          } finally {
+            this.queuedMailboxOps--
+          }
+        })
         return
       }
       default:

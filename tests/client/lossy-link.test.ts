@@ -24,7 +24,7 @@ async function client(env: VirtualEnv) {
   const outbox = new Outbox(db)
   const inbox = new Inbox(db, new GroupCommit(db))
   const files = new MemoryFileSink()
-  return { me, outbox, inbox, files, ctx: { me, outbox, inbox, files, env, locks: new Set<string>() } }
+  return { me, outbox, inbox, files, ctx: { me, outbox, inbox, files, env, locks: new Map() } }
 }
 
 /** One connection over a lossy, jittery link; resolves when the session ends either way. */

@@ -56,6 +56,11 @@ describe('sync engine against the relay engine', () => {
     const receipts = (await bob.outbox.list()).filter((r) => r.kind === 'receipt')
     expect(receipts).toHaveLength(3)
     expect(receipts.every((r) => r.relays.includes('ws://r1'))).toBe(true)
+    // A receipt's expiry says nothing about the report it answers: same lifetime for all, on the hour.
+    for (const r of receipts) {
+      expect(r.expires_at % 3600_000).toBe(0)
+      expect(r.expires_at - Date.now()).toBeGreaterThan(13 * DAY)
+    }
 
     await connect(alice, relay, 'ws://r1', { role: 'mailbox' }).done
     const final = await reports(alice)
@@ -241,5 +246,70 @@ describe('sync engine against the relay engine', () => {
     const [item] = await bob.inbox.items()
     expect(bob.files.files.get(item!.file!)).toEqual(file)
     for (const r of [r1, r2]) expect((await r.store.stats()).messages).toBe(0)
+  })
+
+  it('a link that dies while a listing is being handled leaves no lock behind, and the next session drains', async () => {
+    const relay = await makeRelay()
+    const alice = await makeClient()
+    const bob = await makeClient()
+    await queue(alice, bob, 'one')
+    await queue(alice, bob, 'two')
+    await connect(alice, relay, 'ws://r1').done
+    const has = bob.inbox.has.bind(bob.inbox)
+    let first: ReturnType<typeof connect> | undefined
+    bob.inbox.has = async (id: string) => {
+      first?.session.closed('link dropped') // lands while the session waits on its store
+      return has(id)
+    }
+    first = connect(bob, relay, 'ws://r1', { role: 'mailbox' })
+    await expect(first.done).rejects.toThrow(/link dropped/)
+    await new Promise((r) => setTimeout(r, 50)) // let the interrupted step run out
+    bob.inbox.has = has
+    expect([...bob.ctx.locks.keys()]).toEqual([])
+    await connect(bob, relay, 'ws://r1', { role: 'mailbox' }).done
+    expect(await bob.inbox.items()).toHaveLength(2)
+  })
+
+  it("one relay's corrupt chunks left on disk do not spoil another relay's good copy", async () => {
+    const rA = await makeRelay()
+    const rB = await makeRelay()
+    const alice = await makeClient()
+    const bob = await makeClient()
+    const id = await queue(alice, bob, 'big', { file: new Uint8Array(6 * 64 * 1024).fill(5) })
+    await Promise.all([connect(alice, rA, 'ws://a').done, connect(alice, rB, 'ws://b').done])
+    const key = 'c!' + id + '!' + '0'.repeat(8)
+    const bad = new Uint8Array((await rA.store.db.get(key))!)
+    bad[100] = bad[100]! ^ 0xff
+    await rA.store.db.put(key, bad)
+    // A serves a couple of chunks (one of them corrupt), then hangs up.
+    const putChunk = bob.inbox.putChunk.bind(bob.inbox)
+    let n = 0
+    let a: ReturnType<typeof connect> | undefined
+    bob.inbox.putChunk = async (...args: Parameters<typeof putChunk>) => {
+      await putChunk(...args)
+      if (++n === 2) a?.session.closed('A hung up')
+    }
+    a = connect(bob, rA, 'ws://a', { role: 'mailbox' })
+    await expect(a.done).rejects.toThrow(/A hung up/)
+    bob.inbox.putChunk = putChunk
+    expect((await bob.inbox.chunksHeld(id)).length).toBeGreaterThan(0)
+    const b = await connect(bob, rB, 'ws://b', { role: 'mailbox' }).done
+    expect(b.rejected).toEqual([])
+    expect((await bob.inbox.items()).map((i) => i.id)).toEqual([id])
+  })
+
+  it('a relay that ignores DONE is asked a few times, slowly, and the session still ends', async () => {
+    const relay = await makeRelay()
+    const alice = await makeClient()
+    const bob = await makeClient()
+    await queue(alice, bob, 'sticky')
+    await connect(alice, relay, 'ws://r1').done
+    relay.store.done = async () => 0 // deletes nothing
+    const wire: Wire = { up: [], down: [] }
+    await connect(bob, relay, 'ws://r1', { role: 'mailbox', wire }).done
+    expect(await bob.inbox.items()).toHaveLength(1)
+    const lists = wire.up.filter((f) => f.type === FrameType.LIST).length
+    expect(lists).toBeGreaterThan(2)
+    expect(lists).toBeLessThanOrEqual(8)
   })
 })

@@ -31,7 +31,7 @@ export async function makeClient(env: Env = systemEnv): Promise<TestClient> {
   const outbox = new Outbox(db)
   const inbox = new Inbox(db, new GroupCommit(db))
   const files = new MemoryFileSink()
-  return { me, db, outbox, inbox, files, ctx: { me, outbox, inbox, files, env, locks: new Set() } }
+  return { me, db, outbox, inbox, files, ctx: { me, outbox, inbox, files, env, locks: new Map() } }
 }
 
 export async function makeRelay(env: Env = systemEnv, db?: Db, options: RelayOptions = {}): Promise<Relay> {

@@ -18,6 +18,12 @@ describe('protocol regressions', () => {
     expect(() => decodeHeader(env)).toThrow(ChaparError)
     expect(() => open(env, bob)).toThrow(ChaparError)
   })
+  it('B10 a creation time no Date can hold is refused (it made `chapar inbox` throw on every run)', () => {
+    const env = seal({ from: alice, to: bob.address, content: { kind: Kind.report, text: 'x' }, createdAt: 2 ** 53 - 1, expiresAt: 1_800_000_000_000 })
+    expect(() => open(env, bob)).toThrow(expect.objectContaining({ code: ErrorCode.BAD_ENVELOPE }))
+    const ok = seal({ from: alice, to: bob.address, content: { kind: Kind.report, text: 'x' }, createdAt: 8.64e15, expiresAt: 1_800_000_000_000 })
+    expect(new Date(open(ok, bob).createdAt).toISOString()).toBe('+275760-09-13T00:00:00.000Z')
+  })
   it('B2 leading BOM survives Reader.str and envelope text', () => {
     expect(new Reader(new Writer().str('\uFEFFa').finish()).str()).toBe('\uFEFFa')
     const env = seal({ from: alice, to: bob.address, content: { kind: Kind.report, text: '\uFEFFhi' }, createdAt: 1, expiresAt: 2 })

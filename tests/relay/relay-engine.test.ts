@@ -152,6 +152,18 @@ describe('relay engine', () => {
     expect(c.got.find((f) => f.type === FrameType.STORED)).toMatchObject({ ids: [near.id] })
   })
 
+  it('bounds the mailbox requests one connection may queue', async () => {
+    const c = await open()
+    c.send(auth(c.hello).frame)
+    for (let i = 0; i < 300; i++) c.send({ type: FrameType.DONE, ids: [new Uint8Array(32).fill(i & 0xff)] })
+    c.send({ type: FrameType.LIST, max: 10 })
+    await flush()
+    expect(errors(c.got).filter((e) => e.code === 'RETRY_LATER').length).toBe(300 + 1 - 256)
+    c.send({ type: FrameType.LIST, max: 10 })
+    await flush()
+    expect(c.got.at(-1)).toMatchObject({ type: FrameType.INDEX, entries: [] })
+  })
+
   it('tells a connection with too much in flight to retry later, and keeps serving it', async () => {
     const c = await open()
     const ids: Uint8Array[] = []

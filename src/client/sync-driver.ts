@@ -7,6 +7,7 @@
  * sessions are done or the overall timeout fires.
  */
 import pRetry from 'p-retry'
+import type { Timers } from '../protocol/env.js'
 import { ChaparError, ErrorCode } from '../protocol/errors.js'
 import { fullJitterDelay } from './backoff.js'
 import { type ClientContext, type SessionResult, type SessionRole, SyncSession } from './sync-engine.js'
@@ -56,15 +57,15 @@ export interface SyncReport {
   relays: RelayOutcome[]
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
+function sleep(timers: Timers, ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal.aborted) return reject(signal.reason)
-    const t = setTimeout(() => {
+    const t = timers.setTimeout(() => {
       signal.removeEventListener('abort', onAbort)
       resolve()
     }, ms)
     const onAbort = (): void => {
-      clearTimeout(t)
+      timers.clearTimeout(t)
       reject(signal.reason)
     }
     signal.addEventListener('abort', onAbort, { once: true })
@@ -97,7 +98,9 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
   const controller = new AbortController()
   const signal = controller.signal
   const timeoutError = new ChaparError(ErrorCode.TIMEOUT, 'sync timed out')
-  const timer = options.timeoutMs !== undefined ? setTimeout(() => controller.abort(timeoutError), options.timeoutMs) : undefined
+  // Time comes from the context's Env, so the simulator runs this same driver in virtual time.
+  const timers = ctx.env.timers
+  const timer = options.timeoutMs !== undefined ? timers.setTimeout(() => controller.abort(timeoutError), options.timeoutMs) : undefined
   const onOuterAbort = (): void => controller.abort(options.signal?.reason)
   options.signal?.addEventListener('abort', onOuterAbort, { once: true })
   const connect = options.connect ?? ((url: string) => connectWs(url))
@@ -146,7 +149,7 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
             if (signal.aborted) return
             const delay = fullJitterDelay(failures++, random)
             options.onRetry?.(relay, error, delay, role)
-            await sleep(delay, signal).catch(() => {})
+            await sleep(timers, delay, signal).catch(() => {})
           },
         },
       )
@@ -181,7 +184,7 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
     await Promise.all(round.map((relay) => runRelay(relay, 'upload', uploads.get(relay)!)))
   }
   const relays = options.relays.map((relay) => merge(uploads.get(relay)!, mailboxes.get(relay)!))
-  if (timer) clearTimeout(timer)
+  if (timer !== undefined) timers.clearTimeout(timer)
   options.signal?.removeEventListener('abort', onOuterAbort)
   const timedOut = signal.aborted && signal.reason === timeoutError
   return { ok: relays.every((r) => r.ok && r.rejected.length === 0), timedOut, relays }

@@ -18,9 +18,16 @@ export class GroupCommit {
   batches = 0
   ops = 0
 
+  /**
+   * `durable`, if given, is awaited before each batch is written: the
+   * simulator uses it to make an fsync take virtual time, and a crashed
+   * relay's batches never complete (so its store keeps only what was
+   * acked before the crash).
+   */
   constructor(
     private readonly db: Db,
     private readonly sync = true,
+    private readonly durable?: () => Promise<void>,
   ) {}
 
   /** Resolves once `ops` are durably on disk, as one atomic unit with whatever shares their batch. */
@@ -39,6 +46,7 @@ export class GroupCommit {
       this.next = null
       this.inFlight = true
       try {
+        if (this.durable && batch.ops.length > 0) await this.durable()
         await writeBatch(this.db, batch.ops, this.sync)
         if (batch.ops.length > 0) this.batches++
         this.ops += batch.ops.length

@@ -59,7 +59,7 @@ export const RESEND_AFTER_MS = 15_000
 export const TICK_MS = 1_000
 export const UPLOAD_WINDOW_BYTES = 1024 * 1024
 export const DOWNLOAD_WINDOW_CHUNKS = 16
-export const LIST_MAX = 256
+export const LIST_MAX = 32
 export const POLL_INTERVAL_MS = 10_000
 const DEFER_MS = 500
 /**

@@ -6,6 +6,14 @@ import type { Link } from '../protocol/env.js'
 
 export const CONNECT_TIMEOUT_MS = 20_000
 export const HEARTBEAT_MS = 15_000
+/**
+ * Silence (no frame, no pong) after which the connection is taken as dead.
+ * Several heartbeats long: on a lossy link a pong waits behind TCP
+ * retransmissions of earlier data, and the simulator showed a one-beat
+ * limit cutting connections that were slow but alive (every reconnect then
+ * costs a handshake at the same loss).
+ */
+export const DEAD_AFTER_MS = 60_000
 
 /** Accept ws:// and wss:// URLs only; one-line error otherwise. */
 export function parseRelayUrl(s: string): string {
@@ -35,22 +43,21 @@ export function connectWs(url: string, timeoutMs = CONNECT_TIMEOUT_MS): Promise<
     const early: Uint8Array[] = []
     let frameFn: (f: Uint8Array) => void = (f) => early.push(f)
     let closeFn: (r: string) => void = () => {}
-    let alive = true
+    let heardAt = Date.now()
     let closedReason: string | undefined
     const heartbeat = setInterval(() => {
-      if (!alive) {
+      if (Date.now() - heardAt > DEAD_AFTER_MS) {
         ws.terminate()
         return
       }
-      alive = false
       ws.ping()
     }, HEARTBEAT_MS)
     heartbeat.unref()
     ws.on('pong', () => {
-      alive = true
+      heardAt = Date.now()
     })
     ws.on('message', (data: Buffer, isBinary: boolean) => {
-      alive = true
+      heardAt = Date.now()
       if (!isBinary) {
         ws.terminate()
         return

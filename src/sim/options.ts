@@ -61,7 +61,7 @@ export const DEFAULTS: SimOptions = {
   relayRestartMs: 5_000,
   durationMs: 24 * 3600_000,
   seed: 1,
-  pollMs: 60_000,
+  pollMs: 10 * 60_000,
   ttlMs: 7 * 24 * 3600_000,
   fsyncMs: 2,
   queueMs: 2_000,
@@ -109,6 +109,7 @@ const NAMES: Record<string, keyof SimOptions> = {
   poll: 'pollMs',
   ttl: 'ttlMs',
   fsync: 'fsyncMs',
+  queue: 'queueMs',
 }
 
 /** Option names a sweep may vary (numeric ones). */
@@ -233,6 +234,9 @@ function set(o: SimOptions, key: string, v: unknown): void {
     case 'fsyncMs':
       o.fsyncMs = fraction('fsync', v, 10_000)
       break
+    case 'queueMs':
+      o.queueMs = duration('queue', v)
+      break
     default:
       throw new InputError(`unknown simulation option "${key}"`)
   }
@@ -264,7 +268,7 @@ export function validate(o: SimOptions): SimOptions {
   if (o.lossModel === 'gilbert') {
     for (const [name, p] of [['loss', o.lossVary?.max ?? o.loss], ['recipient-loss', o.recipientLoss ?? o.loss]] as const) {
       const min = GilbertLoss.minBurst(p)
-      if (o.burst < min) throw new InputError(`--burst ${o.burst} is too short for --${name} ${p} with the Gilbert model: bursts must average at least ${min.toFixed(2)} packets`)
+      if (o.burst < min - 1e-9) throw new InputError(`--burst ${o.burst} is too short for --${name} ${p} with the Gilbert model: bursts must average at least ${min.toFixed(2)} packets`)
     }
   }
   if (o.outage && o.outage.upMs < 1000) throw new InputError('--outage up= must be at least 1s')

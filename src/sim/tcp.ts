@@ -8,7 +8,9 @@
  * retransmission timer (1 s initial, 200 ms floor, doubling to 120 s),
  * RTT samples from every ACK as TCP timestamps give them (so a backed-off
  * timer comes back down after the first ACK, as on Linux), abort after 15
- * timeouts in a row, FIN/RST, and WebSocket framing overhead. Not modelled:
+ * timeouts in a row, FIN/RST, WebSocket framing overhead, and both ends' ws
+ * heartbeats (ping/pong in the stream; a missed pong cuts the connection,
+ * as connectWs and the relay's ws server do). Not modelled:
  * SACK (so recovery from several losses in one window is slower than
  * Linux's), delayed ACKs, tail-loss probes, receive-window limits below
  * 1 MiB, TLS. The engines on either end see exactly what they
@@ -16,7 +18,7 @@
  */
 import type { Link } from '../protocol/env.js'
 import { ChaparError, ErrorCode } from '../protocol/errors.js'
-import type { WsConnection } from '../client/ws-transport.js'
+import { DEAD_AFTER_MS, HEARTBEAT_MS as CLIENT_HEARTBEAT_MS, type WsConnection } from '../client/ws-transport.js'
 import type { Path, Pipe } from './link.js'
 import type { Scheduler } from './scheduler.js'
 
@@ -29,8 +31,6 @@ const MAX_TIMEOUTS = 15
 const RWND_BYTES = 1024 * 1024
 /** ws's handshakeTimeout in connectWs: TCP and upgrade must finish within it. */
 export const CONNECT_TIMEOUT_MS = 20_000
-/** The relay's ws heartbeat: a connection silent for two periods is cut. */
-export const SERVER_IDLE_MS = 60_000
 const UPGRADE_REQUEST_BYTES = 260
 const UPGRADE_RESPONSE_BYTES = 130
 
@@ -39,9 +39,28 @@ export function wsOverhead(len: number, masked: boolean): number {
   return 2 + (len > 65535 ? 8 : len > 125 ? 2 : 0) + (masked ? 4 : 0)
 }
 
+/** ws heartbeats as connectWs and the relay's ws server run them: see ws-transport.ts and ws-server.ts. */
+export const SERVER_HEARTBEAT_MS = 30_000
+
+type Control = 'upgrade' | 'accept' | 'ping' | 'pong'
+
 interface StreamItem {
   end: number
-  data: Uint8Array | 'upgrade' | 'accept'
+  data: Uint8Array | Control
+}
+
+function itemBytes(data: StreamItem['data'], masked: boolean): number {
+  switch (data) {
+    case 'upgrade':
+      return UPGRADE_REQUEST_BYTES
+    case 'accept':
+      return UPGRADE_RESPONSE_BYTES
+    case 'ping':
+    case 'pong':
+      return wsOverhead(0, masked)
+    default:
+      return data.length + wsOverhead(data.length, masked)
+  }
 }
 
 /** One end of a connection: it sends its stream and receives the peer's. */
@@ -67,7 +86,6 @@ class Half {
   // receiving
   private rcvNxt = 0
   private readonly ooo = new Map<number, number>()
-  lastHeard: number
 
   onItem: (data: StreamItem['data']) => void = () => {}
   onClosed: (reason: string) => void = () => {}
@@ -79,13 +97,11 @@ class Half {
     private readonly masked: boolean,
   ) {
     this.cwnd = 10 * mss
-    this.lastHeard = sched.now
   }
 
   write(data: StreamItem['data']): void {
     if (this.closed) return
-    const len = data === 'upgrade' ? UPGRADE_REQUEST_BYTES : data === 'accept' ? UPGRADE_RESPONSE_BYTES : data.length + wsOverhead(data.length, this.masked)
-    this.streamEnd += len
+    this.streamEnd += itemBytes(data, this.masked)
     this.items.push({ end: this.streamEnd, data })
     this.pump()
   }
@@ -141,7 +157,6 @@ class Half {
       this.reset()
       return
     }
-    this.lastHeard = this.sched.now
     const end = seq + len
     if (end > this.rcvNxt) {
       if (seq <= this.rcvNxt) {
@@ -177,7 +192,6 @@ class Half {
 
   onAck(ack: number): void {
     if (this.closed) return
-    this.lastHeard = this.sched.now
     if (ack > this.sndUna) {
       const s = this.sentAt.get(this.sndUna)
       const acked = ack - this.sndUna
@@ -335,11 +349,32 @@ export function dialTcp(sched: Scheduler, path: Path, listener: Listener, label:
     let frameFn: (f: Uint8Array) => void = (f) => early.push(f)
     let closeFn: (r: string) => void = () => {}
     let closedReason: string | undefined
+    let heardAt = sched.now
+    let heartbeat: number | undefined
+    const beat = (): void => {
+      heartbeat = sched.at(sched.now + CLIENT_HEARTBEAT_MS, () => {
+        heartbeat = undefined
+        if (client.closed) return
+        if (sched.now - heardAt > DEAD_AFTER_MS) {
+          client.abort('heartbeat timed out') // ws.terminate()
+          return
+        }
+        client.write('ping')
+        beat()
+      })
+    }
     client.onItem = (data) => {
+      if (data === 'ping') {
+        client.write('pong')
+        return
+      }
+      heardAt = sched.now
+      if (data === 'pong') return
       if (data === 'accept') {
         if (state !== 'upgrading') return
         state = 'open'
         sched.timers.clearTimeout(deadline)
+        beat()
         resolve({
           link: { send: (frame) => client.write(frame.slice()), close: (reason) => client.close(reason ?? 'closed') },
           onFrame: (fn) => {
@@ -351,11 +386,12 @@ export function dialTcp(sched: Scheduler, path: Path, listener: Listener, label:
             if (closedReason !== undefined) fn(closedReason)
           },
         })
-      } else if (data !== 'upgrade' && state === 'open') {
+      } else if (typeof data !== 'string' && state === 'open') {
         frameFn(data)
       }
     }
     client.onClosed = (reason) => {
+      if (heartbeat !== undefined) sched.timers.clearTimeout(heartbeat)
       if (state !== 'open') {
         fail(new ChaparError(ErrorCode.DISCONNECTED, `cannot reach ${label}: ${reason}`))
         return
@@ -373,7 +409,8 @@ function makeServer(sched: Scheduler, path: Path, listener: Listener, client: Ha
   server.peer = client
   client.peer = server
   let session: { receive(frame: Uint8Array): void; close(): void } | undefined
-  let idle: number | undefined
+  let heartbeat: number | undefined
+  let alive = true
   const end: ServerEnd = {
     kill: () => {
       // The process died: its kernel closes the socket and the client hears a FIN.
@@ -381,16 +418,27 @@ function makeServer(sched: Scheduler, path: Path, listener: Listener, client: Ha
     },
   }
   listener.halves.add(end)
-  const watch = (): void => {
-    idle = sched.at(sched.now + SERVER_IDLE_MS / 2, () => {
-      idle = undefined
+  const beat = (): void => {
+    heartbeat = sched.at(sched.now + SERVER_HEARTBEAT_MS, () => {
+      heartbeat = undefined
       if (server.closed) return
-      if (sched.now - server.lastHeard > SERVER_IDLE_MS) server.abort('client silent')
-      else watch()
+      if (!alive) {
+        server.abort('no pong') // ws-server terminates a socket that missed a heartbeat
+        return
+      }
+      alive = false
+      server.write('ping')
+      beat()
     })
   }
-  watch()
+  beat()
   server.onItem = (data) => {
+    if (data === 'ping') {
+      server.write('pong')
+      return
+    }
+    alive = true
+    if (data === 'pong') return
     if (data === 'upgrade') {
       if (session) return
       server.write('accept')
@@ -398,13 +446,13 @@ function makeServer(sched: Scheduler, path: Path, listener: Listener, client: Ha
         send: (frame) => server.write(frame.slice()),
         close: (reason) => server.close(reason ?? 'closed by relay'),
       })
-    } else if (data !== 'accept') {
+    } else if (typeof data !== 'string') {
       session?.receive(data)
     }
   }
   server.onClosed = () => {
     listener.halves.delete(end)
-    if (idle !== undefined) sched.timers.clearTimeout(idle)
+    if (heartbeat !== undefined) sched.timers.clearTimeout(heartbeat)
     session?.close()
   }
   return server

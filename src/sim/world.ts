@@ -32,6 +32,8 @@ import type { SimOptions } from './options.js'
 
 export interface SimResult {
   sent: number
+  /** Reports whose relay ack reached the sender (accept_latency_ms covers these). */
+  accepted: number
   delivered: number
   delivery_ratio: number
   duplicates_at_app: number
@@ -300,6 +302,7 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
   const capacity = possibleBits > 0 ? acceptedBits / possibleBits : 0
   const result: SimResult = {
     sent,
+    accepted: acceptedAt.size,
     delivered: deliveredAt.size,
     delivery_ratio: round(sent === 0 ? 1 : deliveredAt.size / sent, 6),
     duplicates_at_app: duplicates,

@@ -57,6 +57,8 @@ export const HELLO_TIMEOUT_MS = 20_000
 export const IDLE_TIMEOUT_MS = 45_000
 export const RESEND_AFTER_MS = 15_000
 export const TICK_MS = 1_000
+/** The tick never comes sooner than this after the last one. */
+const MIN_TICK_MS = 250
 export const UPLOAD_WINDOW_BYTES = 1024 * 1024
 export const DOWNLOAD_WINDOW_CHUNKS = 16
 export const LIST_MAX = 32
@@ -152,6 +154,9 @@ export class SyncSession {
   private finished = false
   private chain: Promise<void> = Promise.resolve()
   private tick: TimerHandle | undefined
+  private tickAt = 0
+  /** Nothing was outstanding at the last tick. */
+  private quiet = false
   private readonly startedAt: number
   private lastFrameAt: number
   private helloSeen = false
@@ -218,15 +223,72 @@ export class SyncSession {
   }
 
   private send(f: Frame): void {
-    if (!this.finished) this.link.send(encodeFrame(f))
+    if (this.finished) return
+    const now = this.now()
+    // The first request after a quiet spell starts the idle clock afresh.
+    if (this.quiet) {
+      this.quiet = false
+      this.lastFrameAt = Math.max(this.lastFrameAt, now)
+    }
+    this.link.send(encodeFrame(f))
+    // Its resend is due RESEND_AFTER_MS from now: make sure the tick comes by then.
+    if (this.tickAt > now + RESEND_AFTER_MS) this.arm(RESEND_AFTER_MS)
   }
 
-  private arm(): void {
+  /**
+   * The periodic check, armed for the earliest deadline it has to check
+   * (a resend, the idle limit, the next poll) rather than every second, so
+   * a waiting client — or a simulation of thousands — does not wake in vain.
+   */
+  private arm(delay = TICK_MS): void {
+    if (this.tick !== undefined) this.ctx.env.timers.clearTimeout(this.tick)
+    this.tickAt = this.now() + delay
     this.tick = this.ctx.env.timers.setTimeout(() => {
       this.tick = undefined
-      this.enqueue(() => this.onTick())
-      if (!this.finished) this.arm()
-    }, TICK_MS)
+      this.enqueue(async () => {
+        await this.onTick()
+        if (!this.finished && this.tick === undefined) this.arm(this.nextTickDelay())
+      })
+    }, delay)
+  }
+
+  /** Make sure the tick comes by `t`. */
+  private wakeBy(t: number): void {
+    if (!this.finished && this.tickAt > t) this.arm(Math.max(0, t - this.now()))
+  }
+
+  /**
+   * Time until the earliest deadline the tick checks (never under
+   * MIN_TICK_MS, never over the poll interval). Only deadlines the tick acts
+   * on count: one it would pass over unchanged would make it spin.
+   */
+  private nextTickDelay(): number {
+    const now = this.now()
+    let next = now + POLL_INTERVAL_MS
+    const at = (t: number | undefined): void => {
+      if (t !== undefined && t < next) next = t
+    }
+    if (!this.helloSeen) at(this.startedAt + HELLO_TIMEOUT_MS)
+    const awaitingAuth = this.options.role === 'mailbox' && this.helloSeen && !this.authed
+    if (awaitingAuth && this.authSentAt !== undefined) at(this.authSentAt + RESEND_AFTER_MS)
+    if (this.outstanding()) at(this.lastFrameAt + IDLE_TIMEOUT_MS)
+    for (const u of this.uploads.values()) {
+      if (u.queriedAt !== undefined) at(u.queriedAt + RESEND_AFTER_MS)
+      for (const t of u.sent.values()) at(t + RESEND_AFTER_MS)
+    }
+    for (const d of this.downloads.values()) {
+      for (const t of d.requested.values()) at(t + RESEND_AFTER_MS)
+      if (!d.finishing && this.ctx.locks.get(d.hex)?.wanted) at(d.lastProgressAt + STALL_MS)
+    }
+    if (this.listSentAt !== undefined) at(this.listSentAt + RESEND_AFTER_MS)
+    if (this.authed) at(this.nextListAt)
+    if (!this.options.untilEmpty && this.options.role === 'upload' && this.uploadsIdle) at(this.lastScanAt + POLL_INTERVAL_MS + 1)
+    return Math.max(MIN_TICK_MS, next - now + 1)
+  }
+
+  private outstanding(): boolean {
+    const awaitingAuth = this.options.role === 'mailbox' && this.helloSeen && !this.authed
+    return this.uploads.size > 0 || this.downloads.size > 0 || this.listSentAt !== undefined || awaitingAuth
   }
 
   /** Feed one frame from the link. */
@@ -701,7 +763,10 @@ export class SyncSession {
   private afterBatch(): void {
     while (this.doneIds.length > 0) this.send({ type: FrameType.DONE, ids: this.doneIds.splice(0, MAX_IDS_PER_FRAME) })
     if (this.authed && this.listSentAt === undefined) {
-      if (this.deferred) this.nextListAt = this.now() + DEFER_MS
+      if (this.deferred) {
+        this.nextListAt = this.now() + DEFER_MS
+        this.wakeBy(this.nextListAt)
+      }
       else this.sendList()
     }
     this.deferred = false
@@ -716,7 +781,8 @@ export class SyncSession {
       throw new ChaparError(ErrorCode.TIMEOUT, `no HELLO from ${this.relay} in ${HELLO_TIMEOUT_MS / 1000}s`)
     }
     const awaitingAuth = this.options.role === 'mailbox' && this.helloSeen && !this.authed
-    const outstanding = this.uploads.size > 0 || this.downloads.size > 0 || this.listSentAt !== undefined || awaitingAuth
+    const outstanding = this.outstanding()
+    if (!outstanding) this.quiet = true
     if (awaitingAuth && this.authSentAt !== undefined && now - this.authSentAt > RESEND_AFTER_MS) this.sendAuth()
     if (outstanding && now - this.lastFrameAt > IDLE_TIMEOUT_MS) {
       throw new ChaparError(ErrorCode.TIMEOUT, `no answer from ${this.relay} in ${IDLE_TIMEOUT_MS / 1000}s`)

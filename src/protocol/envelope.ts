@@ -12,6 +12,7 @@
  * it decrypted, before decoding anything else of the body.
  */
 import nacl from 'tweetnacl'
+import { boxBefore, ephemeralBox } from './box.js'
 import { concat, equal, fromUtf8, Reader, utf8, Writer } from './bytes.js'
 import { ChaparError, ErrorCode } from './errors.js'
 import { HASH_BYTES, mailboxId } from './hash.js'
@@ -138,7 +139,9 @@ export function seal(args: {
   randomBytes?: RandomBytes
 }): Uint8Array {
   const random = args.randomBytes ?? nacl.randomBytes
-  const ephemeral = nacl.box.keyPair.fromSecretKey(random(32))
+  const ephemeralSecret = random(32)
+  const ephemeral = ephemeralBox(args.to.boxPublicKey, ephemeralSecret)
+  ephemeralSecret.fill(0)
   const header: Header = {
     mailbox: mailboxId(args.to.signPublicKey),
     expiresAt: args.expiresAt,
@@ -148,7 +151,8 @@ export function seal(args: {
   const headerBytes = encodeHeader(header)
   const body = encodeBody(args.from.address, args.to, args.createdAt, args.priority ?? Priority.normal, args.content)
   const signature = sign(concat([SIGN_DOMAIN, headerBytes, body]), args.from.signSecretKey)
-  const sealed = nacl.box(concat([signature, body]), header.nonce, args.to.boxPublicKey, ephemeral.secretKey)
+  // nacl.box, with the X25519 step on node:crypto (box.ts)
+  const sealed = nacl.secretbox(concat([signature, body]), header.nonce, ephemeral.key)
   return concat([headerBytes, sealed])
 }
 
@@ -173,7 +177,7 @@ export function open(
   const header = decodeHeader(envelope)
   if (!equal(header.mailbox, mailboxId(me.address.signPublicKey))) throw new ChaparError(ErrorCode.NOT_FOR_ME, 'envelope is for another mailbox')
   const headerBytes = envelope.subarray(0, HEADER_BYTES)
-  const plain = nacl.box.open(envelope.subarray(HEADER_BYTES), header.nonce, header.ephemeralPublicKey, me.boxSecretKey)
+  const plain = nacl.secretbox.open(envelope.subarray(HEADER_BYTES), header.nonce, boxBefore(header.ephemeralPublicKey, me.boxSecretKey))
   if (!plain) throw new ChaparError(ErrorCode.DECRYPT_FAILED, 'cannot decrypt: not sealed to this identity, or corrupted')
   const signature = plain.subarray(0, SIGNATURE_BYTES)
   const body = plain.subarray(SIGNATURE_BYTES)

@@ -98,7 +98,7 @@ export interface Verifier {
 const SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex')
 const PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex')
 const PUBLIC_CACHE_MAX = 1024
-const PRIVATE_CACHE_MAX = 64
+const PRIVATE_CACHE_MAX = 4096
 const publicKeys = new Map<string, KeyObject>()
 const privateKeys = new Map<string, KeyObject>()
 

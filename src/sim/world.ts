@@ -11,6 +11,7 @@
  * was. The run stops when every report is in its recipient's inbox, or at
  * `durationMs` of virtual time.
  */
+import { setMaxListeners } from 'node:events'
 import { compose } from '../client/compose.js'
 import { MemoryFileSink } from '../client/files.js'
 import { generateIdentity, type Identity } from '../client/identity.js'
@@ -257,6 +258,7 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
 
   // ---- behaviour
   const stop = new AbortController()
+  setMaxListeners(0, stop.signal) // every host's driver listens on it
   const connectFor = (h: Host, field: boolean) => (url: string) => {
     if (field && h.firstDialAt === undefined) h.firstDialAt = sched.now
     return dialTcp(sched, h.path, byUrl.get(url)!.listener, url)

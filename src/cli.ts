@@ -98,6 +98,7 @@ program
   .option('--seed <n>', 'random seed (default 1)')
   .option('--sweep <name=v1,v2,…>', 'run once per value, e.g. loss=0.3,0.5,0.8')
   .option('--json', 'print one JSON object (an array with --sweep)')
+  .option('--report <file.html>', 'also write a self-contained HTML report with charts')
   .action(async (opts: Record<string, unknown>) => {
     const { cmdSim } = await import('./sim/sim-command.js')
     process.exitCode = await cmdSim(opts)

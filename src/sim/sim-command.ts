@@ -1,5 +1,5 @@
 /** `chapar sim`: options in, one deterministic run (or a sweep) out, as a table or JSON. */
-import { readFile } from 'node:fs/promises'
+import { readFile, writeFile } from 'node:fs/promises'
 import { InputError } from '../protocol/errors.js'
 import { LiveLine } from '../client/progress.js'
 import { applyOptions, DEFAULTS, parseSweep, type SimOptions, withProfile } from './options.js'
@@ -10,10 +10,11 @@ export interface SimCliOptions {
   scenario?: string
   sweep?: string
   json?: boolean
+  report?: string
   [k: string]: unknown
 }
 
-const META = new Set(['profile', 'scenario', 'sweep', 'json'])
+const META = new Set(['profile', 'scenario', 'sweep', 'json', 'report'])
 
 export async function resolveOptions(cli: SimCliOptions): Promise<SimOptions> {
   let o = cli.profile ? withProfile(cli.profile) : { ...DEFAULTS }
@@ -82,6 +83,15 @@ export async function cmdSim(cli: SimCliOptions, out: (s: string) => void = (s) 
     else out(JSON.stringify(results[0]!.result))
   } else {
     for (const r of results) out(table(r.result, r.options) + '\n')
+  }
+  if (cli.report) {
+    const { renderReport } = await import('./report.js')
+    try {
+      await writeFile(cli.report, await renderReport(results, sweep?.name))
+    } catch (err) {
+      throw new InputError(`cannot write report ${cli.report}: ${(err as Error).message}`)
+    }
+    if (!cli.json) out(`report written to ${cli.report}`)
   }
   const short = results.filter((r) => r.result.delivered < r.result.sent)
   if (short.length > 0) process.stderr.write(`sim: ${short.length} run(s) did not deliver every report within the virtual time given\n`)

@@ -10,7 +10,9 @@ import nacl from 'tweetnacl'
 import { type Address, formatAddress } from '../protocol/address.js'
 import { fromBase64url, toBase64url } from '../protocol/bytes.js'
 import { ChaparError, ErrorCode, InputError } from '../protocol/errors.js'
+import { boxPublicKey } from '../protocol/box.js'
 import { mailboxId } from '../protocol/hash.js'
+import { signKeyPairFromSeed } from '../protocol/signature.js'
 
 export interface Identity {
   readonly address: Address
@@ -37,13 +39,12 @@ export function resolveHome(option?: string): string {
 
 export function identityFromKeys(signSecretKey: Uint8Array, boxSecretKey: Uint8Array): Identity {
   const sign = nacl.sign.keyPair.fromSecretKey(signSecretKey)
-  const box = nacl.box.keyPair.fromSecretKey(boxSecretKey)
-  const address: Address = { signPublicKey: sign.publicKey, boxPublicKey: box.publicKey }
+  const address: Address = { signPublicKey: sign.publicKey, boxPublicKey: boxPublicKey(boxSecretKey) }
   return { address, addressText: formatAddress(address), signSecretKey, boxSecretKey, mailbox: mailboxId(sign.publicKey) }
 }
 
 export function generateIdentity(randomBytes: (n: number) => Uint8Array = nacl.randomBytes): Identity {
-  const sign = nacl.sign.keyPair.fromSeed(randomBytes(32))
+  const sign = signKeyPairFromSeed(randomBytes(32))
   return identityFromKeys(sign.secretKey, randomBytes(32))
 }
 

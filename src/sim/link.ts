@@ -138,8 +138,8 @@ export class Pipe {
     readonly schedule: Schedule,
   ) {}
 
-  /** Send a packet of `bytes`; `deliver` runs at the far end if it arrives. */
-  send(bytes: number, deliver: () => void): void {
+  /** Send a packet of `bytes`; `deliver` runs at the far end if it arrives (`quiet`: synchronously only, see Scheduler.at). */
+  send(bytes: number, deliver: () => void, quiet = false): void {
     const now = this.sched.now
     const s = this.stats
     if (!this.schedule.isUp(now)) {
@@ -171,14 +171,18 @@ export class Pipe {
     const copies = this.spec.duplicate > 0 && this.rng.next() < this.spec.duplicate ? 2 : 1
     if (copies === 2) s.duplicated++
     for (let i = 0; i < copies; i++) {
-      this.sched.at(arrive + i, () => {
-        if (!this.schedule.isUp(this.sched.now)) {
-          s.downDropped++
-          return
-        }
-        s.delivered++
-        deliver()
-      })
+      this.sched.at(
+        arrive + i,
+        () => {
+          if (!this.schedule.isUp(this.sched.now)) {
+            s.downDropped++
+            return
+          }
+          s.delivered++
+          deliver()
+        },
+        quiet,
+      )
     }
   }
 }

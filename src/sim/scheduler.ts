@@ -15,6 +15,8 @@ interface Event {
   seq: number
   fn: () => void
   cancelled: boolean
+  /** Starts no asynchronous work, so nothing needs settling after it. */
+  quiet: boolean
 }
 
 /** Where virtual time starts: a fixed instant, so runs are identical. */
@@ -28,6 +30,7 @@ export class Scheduler implements Env {
   private nowMs = EPOCH_MS
   /** Events run so far. */
   events = 0
+  private woke = false
   readonly rng: Rng
 
   constructor(seed: number) {
@@ -59,9 +62,14 @@ export class Scheduler implements Env {
     return this.nowMs - EPOCH_MS
   }
 
-  /** Run `fn` at virtual time `t` (never in the past). Returns a handle for clearTimeout. */
-  at(t: number, fn: () => void): number {
-    const e: Event = { at: Math.max(t, this.nowMs), seq: ++this.seq, fn, cancelled: false }
+  /**
+   * Run `fn` at virtual time `t` (never in the past). Returns a handle for
+   * clearTimeout. `quiet`: `fn` is synchronous through and through (a timer
+   * of the link model, a packet that only moves TCP state), so the run loop
+   * need not wait for promise chains after it.
+   */
+  at(t: number, fn: () => void, quiet = false): number {
+    const e: Event = { at: Math.max(t, this.nowMs), seq: ++this.seq, fn, cancelled: false, quiet }
     this.live.set(e.seq, e)
     const h = this.heap
     h.push(e)
@@ -101,6 +109,11 @@ export class Scheduler implements Env {
     return top
   }
 
+  /** A quiet event did hand work to promise-based code after all (a frame to an engine, a closed connection): settle after it. */
+  wake(): void {
+    this.woke = true
+  }
+
   get pending(): number {
     return this.heap.length
   }
@@ -120,8 +133,9 @@ export class Scheduler implements Env {
       this.live.delete(e.seq)
       this.nowMs = e.at
       this.events++
+      this.woke = false
       e.fn()
-      await settle()
+      if (!e.quiet || this.woke) await settle()
       if (opts.onStep && this.events % stepEvery === 0) opts.onStep()
       if (opts.stop?.()) return
     }

@@ -122,15 +122,19 @@ class Half {
   private transmit(seq: number, len: number): void {
     this.sentAt.set(seq, { t: this.sched.now })
     const peer = this.peer
-    this.out.send(len + HEADER_BYTES, () => peer.onSegment(seq, len))
+    this.out.send(len + HEADER_BYTES, () => peer.onSegment(seq, len), true) // quiet unless it completes a frame (deliverUpTo wakes)
   }
 
   private armRto(): void {
     if (this.rtoTimer !== undefined) this.sched.timers.clearTimeout(this.rtoTimer)
-    this.rtoTimer = this.sched.at(this.sched.now + this.rto, () => {
-      this.rtoTimer = undefined
-      this.onRto()
-    })
+    this.rtoTimer = this.sched.at(
+      this.sched.now + this.rto,
+      () => {
+        this.rtoTimer = undefined
+        this.onRto()
+      },
+      true,
+    )
   }
 
   private onRto(): void {
@@ -178,7 +182,7 @@ class Half {
     }
     const ack = this.rcvNxt
     const peer = this.peer
-    this.out.send(HEADER_BYTES, () => peer.onAck(ack))
+    this.out.send(HEADER_BYTES, () => peer.onAck(ack), true) // an ACK only moves TCP state
   }
 
   /** The receiver has everything up to `upTo` of this side's stream: hand over the complete items. */
@@ -186,6 +190,7 @@ class Half {
     while (this.items.length > 0 && this.items[0]!.end <= upTo) {
       const item = this.items.shift()!
       if (receiver.closed) return
+      this.sched.wake()
       receiver.onItem(item.data)
     }
   }
@@ -271,6 +276,7 @@ class Half {
   /** Close without telling anyone (the process died; the host's FIN is sent by the caller if at all). */
   shut(reason: string): void {
     this.closed = true
+    this.sched.wake()
     if (this.rtoTimer !== undefined) this.sched.timers.clearTimeout(this.rtoTimer)
     this.rtoTimer = undefined
     this.items.length = 0
@@ -335,13 +341,17 @@ export function dialTcp(sched: Scheduler, path: Path, listener: Listener, label:
         }
         if (!server) server = makeServer(sched, path, listener, client)
         if (server.closed) return
-        path.down.send(SYN_BYTES, onSynAck)
-      })
-      synTimer = sched.at(sched.now + synRto, () => {
-        synAgain = true
-        synRto *= 2
-        sendSyn()
-      })
+        path.down.send(SYN_BYTES, onSynAck, true)
+      }, true)
+      synTimer = sched.at(
+        sched.now + synRto,
+        () => {
+          synAgain = true
+          synRto *= 2
+          sendSyn()
+        },
+        true,
+      )
     }
 
     // Frames that arrive before the driver attaches its handler are held, as in connectWs.

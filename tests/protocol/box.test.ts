@@ -3,6 +3,7 @@ import fc from 'fast-check'
 import nacl from 'tweetnacl'
 import { describe, expect, it } from 'vitest'
 import { boxBefore, boxPublicKey, ephemeralBox } from '../../src/protocol/box.js'
+import { signKeyPairFromSeed } from '../../src/protocol/signature.js'
 
 const key = fc.uint8Array({ minLength: 32, maxLength: 32 })
 
@@ -42,6 +43,20 @@ describe('ephemeralBox', () => {
         const r = ephemeralBox(bPk, e)
         expect(r.publicKey).toEqual(nacl.box.keyPair.fromSecretKey(e).publicKey)
         expect(r.key).toEqual(nacl.box.before(bPk, e))
+      }),
+      { numRuns: 100 },
+    )
+  })
+})
+
+describe('Ed25519 key pairs from a seed on node:crypto', () => {
+  it('equal nacl.sign.keyPair.fromSeed', () => {
+    fc.assert(
+      fc.property(key, (seed) => {
+        const n = nacl.sign.keyPair.fromSeed(seed)
+        const o = signKeyPairFromSeed(seed)
+        expect(o.publicKey).toEqual(n.publicKey)
+        expect(o.secretKey).toEqual(n.secretKey)
       }),
       { numRuns: 100 },
     )

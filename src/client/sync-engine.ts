@@ -180,6 +180,8 @@ export class SyncSession {
   private doneIds: Uint8Array[] = []
   private deferred = false
   private lastScanAt = 0
+  /** The outbox generation the last scan saw. */
+  private scannedGeneration = -1
   /** Listed ids this session will not take (too large, served bytes that failed their hash, DONE ignored). */
   private readonly unusable = new Set<string>()
   /** DONEs sent per id: a relay that keeps listing an id after DONE is asked again, a few times, slowly. */
@@ -282,7 +284,7 @@ export class SyncSession {
     }
     if (this.listSentAt !== undefined) at(this.listSentAt + RESEND_AFTER_MS)
     if (this.authed) at(this.nextListAt)
-    if (!this.options.untilEmpty && this.options.role === 'upload' && this.uploadsIdle) at(this.lastScanAt + POLL_INTERVAL_MS + 1)
+    if (!this.options.untilEmpty && this.options.role === 'upload' && this.uploadsIdle && this.ctx.outbox.generation !== this.scannedGeneration) at(this.lastScanAt + POLL_INTERVAL_MS + 1)
     return Math.max(MIN_TICK_MS, next - now + 1)
   }
 
@@ -420,6 +422,7 @@ export class SyncSession {
     if (!this.helloSeen || this.options.role !== 'upload') return
     if (this.needScan && this.queue.length === 0) {
       this.needScan = false
+      this.scannedGeneration = this.ctx.outbox.generation
       const pending = await this.ctx.outbox.pendingFor(this.relay, this.now())
       this.queue = pending.filter((r) => !this.uploads.has(r.id) && !this.skip.has(r.id))
     }
@@ -806,7 +809,7 @@ export class SyncSession {
     if (this.downloads.size > 0) this.pumpDownloads()
     if (this.listSentAt !== undefined && now - this.listSentAt > RESEND_AFTER_MS) this.sendList()
     if (this.authed && this.nextListAt !== undefined && now >= this.nextListAt) this.sendList()
-    if (!this.options.untilEmpty && this.uploadsIdle && now - this.lastScanAt > POLL_INTERVAL_MS) {
+    if (!this.options.untilEmpty && this.uploadsIdle && now - this.lastScanAt > POLL_INTERVAL_MS && this.ctx.outbox.generation !== this.scannedGeneration) {
       this.lastScanAt = now
       this.needScan = true
       await this.pumpUploads()

@@ -45,6 +45,7 @@ export function isFinal(r: OutboxRecord): boolean {
 
 export class Outbox {
   private tail: Promise<unknown> = Promise.resolve()
+  private added = 0
 
   constructor(readonly db: Db) {}
 
@@ -60,8 +61,18 @@ export class Outbox {
     return run
   }
 
+  /**
+   * Counts envelopes queued through this Outbox (one process holds a home's
+   * database, so that is every one): a session polling for new work scans
+   * the store only when it changed, not every few seconds.
+   */
+  get generation(): number {
+    return this.added
+  }
+
   /** Ops that enqueue an envelope; returned so callers can commit them with other writes atomically. */
   addOps(record: OutboxRecord, envelope: Uint8Array): BatchOp[] {
+    this.added++
     return [
       { type: 'put', key: ENV + record.id, value: envelope },
       { type: 'put', key: REC + record.id, value: jsonValue(record) },

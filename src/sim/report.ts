@@ -58,7 +58,7 @@ export async function renderReport(runs: readonly ReportRun[], sweep?: string): 
         data: { values: delivery },
         mark: { type: 'line', interpolate: 'step-after' },
         encoding: {
-          x: { field: 'hours', type: 'quantitative', title: 'virtual time (h)' },
+          x: { field: 'hours', type: 'quantitative', title: 'virtual time (h)', scale: { domainMin: 0 } },
           y: { field: 'delivered', type: 'quantitative', title: 'delivered (% of sent)', scale: { domain: [0, 100] } },
           color,
         },
@@ -72,7 +72,7 @@ export async function renderReport(runs: readonly ReportRun[], sweep?: string): 
         data: { values: cdf },
         mark: { type: 'line', interpolate: 'step-after' },
         encoding: {
-          x: { field: 'minutes', type: 'quantitative', title: 'latency (min)' },
+          x: { field: 'minutes', type: 'quantitative', title: 'latency (min)', scale: { domainMin: 0 } },
           y: { field: 'fraction', type: 'quantitative', title: 'fraction of delivered reports', scale: { domain: [0, 1] } },
           color,
         },

@@ -372,7 +372,8 @@ export class SyncSession {
         if (!equal(f.mailbox, this.ctx.me.mailbox)) throw new ProtocolError(ErrorCode.BAD_FRAME, 'relay confirmed the wrong mailbox')
         if (this.authed) return // a repeated AUTH_OK
         this.authed = true
-        this.sendList()
+        if (this.listSentAt === undefined && !this.drained) this.sendList()
+        this.checkComplete()
         return
       case FrameType.STORED:
         return this.onStored(f.ids)
@@ -398,6 +399,9 @@ export class SyncSession {
     if (this.options.role === 'mailbox') {
       this.challenge = f.challenge.slice()
       this.sendAuth()
+      // The relay handles a connection's frames in order, so the LIST can
+      // follow the AUTH at once: one round trip fewer on every sync.
+      this.sendList()
     } else {
       await this.pumpUploads()
     }

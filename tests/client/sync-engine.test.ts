@@ -46,6 +46,7 @@ describe('sync engine against the relay engine', () => {
     const downWire: Wire = { up: [], down: [] }
     const down = await connect(bob, relay, 'ws://r1', { role: 'mailbox', wire: downWire }).done
     expect(downWire.up.some((f) => f.type === FrameType.PUT)).toBe(false) // receipts leave on an upload connection
+    expect(downWire.up.slice(0, 2).map((f) => f.type)).toEqual([FrameType.AUTH, FrameType.LIST]) // LIST does not wait for AUTH_OK
     await connect(bob, relay, 'ws://r1').done
     expect(down.received).toBe(3)
     const items = await bob.inbox.items()

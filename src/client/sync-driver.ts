@@ -123,7 +123,7 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
             conn.link.close('aborted')
             throw signal.reason
           }
-          const s = new SyncSession(ctx, relay, conn.link, { role, untilEmpty: options.untilEmpty })
+          const s = new SyncSession(ctx, relay, conn.link, { role, untilEmpty: options.untilEmpty, reliable: conn.reliable ?? false })
           session = s
           conn.onFrame((f) => s.receive(f))
           conn.onClose((reason) => s.closed(reason))

@@ -113,6 +113,13 @@ export interface SessionOptions {
   role: SessionRole
   /** Finish once nothing is left to upload (upload) or the mailbox is drained (mailbox); otherwise keep polling until stopped. */
   untilEmpty: boolean
+  /**
+   * The link delivers every frame in order or dies (a WebSocket over TCP):
+   * requests are never re-sent on it — TCP already retransmits, and a
+   * re-sent 1 MiB window only queues behind the first — and the idle
+   * timeout alone tells a dead link. Default false: a lossy frame link.
+   */
+  reliable?: boolean
 }
 
 export interface SessionResult {
@@ -233,8 +240,9 @@ export class SyncSession {
       this.lastFrameAt = Math.max(this.lastFrameAt, now)
     }
     this.link.send(encodeFrame(f))
-    // Its resend is due RESEND_AFTER_MS from now: make sure the tick comes by then.
-    if (this.tickAt > now + RESEND_AFTER_MS) this.arm(RESEND_AFTER_MS)
+    // Its resend (or, on a reliable link, the idle check) is due: make sure the tick comes by then.
+    const due = this.options.reliable ? IDLE_TIMEOUT_MS : RESEND_AFTER_MS
+    if (this.tickAt > now + due) this.arm(due)
   }
 
   /**
@@ -272,17 +280,18 @@ export class SyncSession {
     }
     if (!this.helloSeen) at(this.startedAt + HELLO_TIMEOUT_MS)
     const awaitingAuth = this.options.role === 'mailbox' && this.helloSeen && !this.authed
-    if (awaitingAuth && this.authSentAt !== undefined) at(this.authSentAt + RESEND_AFTER_MS)
+    const resend = !this.options.reliable
+    if (resend && awaitingAuth && this.authSentAt !== undefined) at(this.authSentAt + RESEND_AFTER_MS)
     if (this.outstanding()) at(this.lastFrameAt + IDLE_TIMEOUT_MS)
     for (const u of this.uploads.values()) {
-      if (u.queriedAt !== undefined) at(u.queriedAt + RESEND_AFTER_MS)
-      for (const t of u.sent.values()) at(t + RESEND_AFTER_MS)
+      if (resend && u.queriedAt !== undefined) at(u.queriedAt + RESEND_AFTER_MS)
+      if (resend) for (const t of u.sent.values()) at(t + RESEND_AFTER_MS)
     }
     for (const d of this.downloads.values()) {
-      for (const t of d.requested.values()) at(t + RESEND_AFTER_MS)
+      if (resend) for (const t of d.requested.values()) at(t + RESEND_AFTER_MS)
       if (!d.finishing && this.ctx.locks.get(d.hex)?.wanted) at(d.lastProgressAt + STALL_MS)
     }
-    if (this.listSentAt !== undefined) at(this.listSentAt + RESEND_AFTER_MS)
+    if (resend && this.listSentAt !== undefined) at(this.listSentAt + RESEND_AFTER_MS)
     if (this.authed) at(this.nextListAt)
     if (!this.options.untilEmpty && this.options.role === 'upload' && this.uploadsIdle && this.ctx.outbox.generation !== this.scannedGeneration) at(this.lastScanAt + POLL_INTERVAL_MS + 1)
     return Math.max(MIN_TICK_MS, next - now + 1)
@@ -762,6 +771,7 @@ export class SyncSession {
       randomBytes: this.ctx.env.randomBytes,
     })
     await inbox.apply([...(await inbox.itemOps(item)), ...receipt.ops])
+    outbox.noteQueued() // only now can an upload session's scan see the receipt
     this.result.received++
     this.emit({ type: 'received', relay: this.relay, id: d.hex, as: 'report' })
   }
@@ -790,18 +800,21 @@ export class SyncSession {
     const awaitingAuth = this.options.role === 'mailbox' && this.helloSeen && !this.authed
     const outstanding = this.outstanding()
     if (!outstanding) this.quiet = true
-    if (awaitingAuth && this.authSentAt !== undefined && now - this.authSentAt > RESEND_AFTER_MS) this.sendAuth()
+    const resend = !this.options.reliable
+    if (resend && awaitingAuth && this.authSentAt !== undefined && now - this.authSentAt > RESEND_AFTER_MS) this.sendAuth()
     if (outstanding && now - this.lastFrameAt > IDLE_TIMEOUT_MS) {
       throw new ChaparError(ErrorCode.TIMEOUT, `no answer from ${this.relay} in ${IDLE_TIMEOUT_MS / 1000}s`)
     }
-    for (const u of this.uploads.values()) {
-      if (u.queriedAt !== undefined && now - u.queriedAt > RESEND_AFTER_MS) {
-        u.queriedAt = now
-        this.send({ type: FrameType.QUERY, ids: [fromHex(u.rec.id)] })
+    if (resend) {
+      for (const u of this.uploads.values()) {
+        if (u.queriedAt !== undefined && now - u.queriedAt > RESEND_AFTER_MS) {
+          u.queriedAt = now
+          this.send({ type: FrameType.QUERY, ids: [fromHex(u.rec.id)] })
+        }
+        for (const [i, at] of u.sent) if (now - at > RESEND_AFTER_MS) this.sendChunk(u, i)
       }
-      for (const [i, at] of u.sent) if (now - at > RESEND_AFTER_MS) this.sendChunk(u, i)
+      for (const d of this.downloads.values()) for (const [i, at] of d.requested) if (now - at > RESEND_AFTER_MS) d.requested.delete(i)
     }
-    for (const d of this.downloads.values()) for (const [i, at] of d.requested) if (now - at > RESEND_AFTER_MS) d.requested.delete(i)
     for (const d of [...this.downloads.values()]) {
       if (!d.finishing && now - d.lastProgressAt > STALL_MS && this.ctx.locks.get(d.hex)?.wanted) {
         // No new chunk for a while and another session (another relay) is waiting: let it try.
@@ -811,7 +824,7 @@ export class SyncSession {
       }
     }
     if (this.downloads.size > 0) this.pumpDownloads()
-    if (this.listSentAt !== undefined && now - this.listSentAt > RESEND_AFTER_MS) this.sendList()
+    if (resend && this.listSentAt !== undefined && now - this.listSentAt > RESEND_AFTER_MS) this.sendList()
     if (this.authed && this.nextListAt !== undefined && now >= this.nextListAt) this.sendList()
     if (!this.options.untilEmpty && this.uploadsIdle && now - this.lastScanAt > POLL_INTERVAL_MS && this.ctx.outbox.generation !== this.scannedGeneration) {
       this.lastScanAt = now

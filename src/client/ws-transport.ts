@@ -29,6 +29,8 @@ export function parseRelayUrl(s: string): string {
 
 export interface WsConnection {
   link: Link
+  /** Frames arrive in order or the connection dies (true for WebSocket). */
+  reliable?: boolean
   onFrame(fn: (frame: Uint8Array) => void): void
   onClose(fn: (reason: string) => void): void
 }
@@ -77,6 +79,7 @@ export function connectWs(url: string, timeoutMs = CONNECT_TIMEOUT_MS): Promise<
     })
     ws.on('open', () => {
       resolve({
+        reliable: true,
         link: {
           send: (frame) => {
             if (ws.readyState === WebSocket.OPEN) ws.send(frame, { binary: true })

@@ -62,17 +62,22 @@ export class Outbox {
   }
 
   /**
-   * Counts envelopes queued through this Outbox (one process holds a home's
-   * database, so that is every one): a session polling for new work scans
-   * the store only when it changed, not every few seconds.
+   * Counts envelopes queued through this Outbox once they are on disk (one
+   * process holds a home's database, so that is every one): a session
+   * polling for new work scans the store only when it changed, not every
+   * few seconds.
    */
   get generation(): number {
     return this.added
   }
 
-  /** Ops that enqueue an envelope; returned so callers can commit them with other writes atomically. */
-  addOps(record: OutboxRecord, envelope: Uint8Array): BatchOp[] {
+  /** Whoever commits `addOps` themselves calls this once the batch is durable. */
+  noteQueued(): void {
     this.added++
+  }
+
+  /** Ops that enqueue an envelope; returned so callers can commit them with other writes atomically (then call noteQueued). */
+  addOps(record: OutboxRecord, envelope: Uint8Array): BatchOp[] {
     return [
       { type: 'put', key: ENV + record.id, value: envelope },
       { type: 'put', key: REC + record.id, value: jsonValue(record) },
@@ -81,6 +86,7 @@ export class Outbox {
 
   async add(record: OutboxRecord, envelope: Uint8Array): Promise<void> {
     await writeBatch(this.db, this.addOps(record, envelope), true)
+    this.noteQueued()
   }
 
   async get(id: string): Promise<OutboxRecord | undefined> {

@@ -5,6 +5,12 @@ import { MAX_FRAME_BYTES } from '../protocol/frames.js'
 import type { Relay } from './relay-engine.js'
 
 export const HEARTBEAT_MS = 30_000
+/**
+ * A socket silent (no frame, no pong) this long is cut. Two heartbeats, not
+ * one: on a lossy link the client's pong waits behind its own queued PUTs,
+ * and the simulator showed a one-beat limit resetting live uploads.
+ */
+export const DEAD_AFTER_MS = 2 * HEARTBEAT_MS
 /** Stop reading from a socket whose outgoing buffer is above this (a slow reader). */
 export const HIGH_WATER_BYTES = 8 * 1024 * 1024
 
@@ -21,22 +27,22 @@ export function listenWs(relay: Relay, options: { host: string; port: number }):
       res.end('chapar relay: connect with a WebSocket client\n')
     })
     const wss = new WebSocketServer({ server, perMessageDeflate: false, maxPayload: MAX_FRAME_BYTES, clientTracking: true })
-    const alive = new WeakMap<WebSocket, boolean>()
+    const heardAt = new WeakMap<WebSocket, number>()
     const heartbeat = setInterval(() => {
+      const now = Date.now()
       for (const ws of wss.clients) {
-        if (alive.get(ws) === false) {
+        if (now - (heardAt.get(ws) ?? now) > DEAD_AFTER_MS) {
           ws.terminate()
           continue
         }
-        alive.set(ws, false)
         ws.ping()
       }
     }, HEARTBEAT_MS)
     heartbeat.unref()
 
     wss.on('connection', (ws) => {
-      alive.set(ws, true)
-      ws.on('pong', () => alive.set(ws, true))
+      heardAt.set(ws, Date.now())
+      ws.on('pong', () => heardAt.set(ws, Date.now()))
       const session = relay.connect({
         send: (frame) => {
           if (ws.readyState !== ws.OPEN) return
@@ -49,7 +55,7 @@ export function listenWs(relay: Relay, options: { host: string; port: number }):
         close: (reason) => ws.close(1008, (reason ?? '').slice(0, 100)),
       })
       ws.on('message', (data: Buffer, isBinary: boolean) => {
-        alive.set(ws, true)
+        heardAt.set(ws, Date.now())
         if (!isBinary) {
           ws.close(1003, 'binary frames only')
           return

@@ -40,7 +40,7 @@ export function wsOverhead(len: number, masked: boolean): number {
 }
 
 /** ws heartbeats as connectWs and the relay's ws server run them: see ws-transport.ts and ws-server.ts. */
-export const SERVER_HEARTBEAT_MS = 30_000
+import { DEAD_AFTER_MS as SERVER_DEAD_AFTER_MS, HEARTBEAT_MS as SERVER_HEARTBEAT_MS } from '../relay/ws-server.js'
 
 type Control = 'upgrade' | 'accept' | 'ping' | 'pong'
 
@@ -386,6 +386,7 @@ export function dialTcp(sched: Scheduler, path: Path, listener: Listener, label:
         sched.timers.clearTimeout(deadline)
         beat()
         resolve({
+          reliable: true,
           link: { send: (frame) => client.write(frame.slice()), close: (reason) => client.close(reason ?? 'closed') },
           onFrame: (fn) => {
             frameFn = fn
@@ -420,7 +421,7 @@ function makeServer(sched: Scheduler, path: Path, listener: Listener, client: Ha
   client.peer = server
   let session: { receive(frame: Uint8Array): void; close(): void } | undefined
   let heartbeat: number | undefined
-  let alive = true
+  let heardAt = sched.now
   const end: ServerEnd = {
     kill: () => {
       // The process died: its kernel closes the socket and the client hears a FIN.
@@ -432,11 +433,10 @@ function makeServer(sched: Scheduler, path: Path, listener: Listener, client: Ha
     heartbeat = sched.at(sched.now + SERVER_HEARTBEAT_MS, () => {
       heartbeat = undefined
       if (server.closed) return
-      if (!alive) {
-        server.abort('no pong') // ws-server terminates a socket that missed a heartbeat
+      if (sched.now - heardAt > SERVER_DEAD_AFTER_MS) {
+        server.abort('no pong') // ws-server terminates a socket silent that long
         return
       }
-      alive = false
       server.write('ping')
       beat()
     })
@@ -447,7 +447,7 @@ function makeServer(sched: Scheduler, path: Path, listener: Listener, client: Ha
       server.write('pong')
       return
     }
-    alive = true
+    heardAt = sched.now
     if (data === 'pong') return
     if (data === 'upgrade') {
       if (session) return

@@ -109,3 +109,40 @@ describe('engines over a lossy link (virtual time)', () => {
     }, 60_000)
   }
 })
+
+describe('a reliable link (WebSocket over TCP)', () => {
+  it('is never sent a request twice, however slow the answers; an unreliable one is', async () => {
+    for (const reliable of [true, false]) {
+      const env = new VirtualEnv(5)
+      const db = await openMemoryDb()
+      const relay = new Relay(new MailboxStore(db, new GroupCommit(db)), env)
+      const alice = await client(env)
+      const bob = await client(env)
+      const c = compose({ outbox: alice.outbox, me: alice.me, to: bob.me.address, content: { kind: Kind.report, text: 'slow' }, now: env.now, ttlMs: 86_400_000, priority: Priority.normal, randomBytes: env.randomBytes })
+      await alice.outbox.add(c.record, c.envelope)
+      let puts = 0
+      let s!: SyncSession
+      // Every frame takes 20 s each way: longer than the 15 s resend interval, shorter than the idle limit.
+      const rs = relay.connect({ send: (b) => env.timers.setTimeout(() => s.receive(b.slice()), 20_000), close: () => {} })
+      s = new SyncSession(
+        alice.ctx,
+        'ws://relay',
+        {
+          send: (b) => {
+            if (b[0] === 0x10) puts++
+            const copy = b.slice()
+            env.timers.setTimeout(() => rs.receive(copy), 20_000)
+          },
+          close: () => rs.close(),
+        },
+        { role: 'upload', untilEmpty: true, reliable },
+      )
+      let done = false
+      void s.done.then(() => (done = true))
+      while (!done) await env.advance(1000)
+      expect((await alice.outbox.get(c.record.id))!.state).toBe('accepted')
+      if (reliable) expect(puts).toBe(1)
+      else expect(puts).toBeGreaterThan(1)
+    }
+  })
+})

@@ -50,6 +50,18 @@ function runOutboxTests(name: string, openDb: OpenDb): void {
       await h.dispose()
     })
 
+    it('generation moves only once queued envelopes are durable, never at compose time', async () => {
+      const g0 = outbox.generation
+      const r = rec('gen1')
+      const ops = outbox.addOps(r, new Uint8Array(60))
+      expect(outbox.generation).toBe(g0) // composed, not written: a scan now would not find it
+      await h.db.batch(ops.map((o) => ({ type: 'put' as const, key: o.key, value: o.value! })))
+      outbox.noteQueued()
+      expect(outbox.generation).toBe(g0 + 1)
+      await outbox.add(rec('gen2'), new Uint8Array(60))
+      expect(outbox.generation).toBe(g0 + 2)
+    })
+
     async function addAll(...records: OutboxRecord[]): Promise<Map<string, Uint8Array>> {
       const envs = new Map<string, Uint8Array>()
       for (const r of records) {

@@ -35,17 +35,38 @@ function cachedPublic(pk: Uint8Array): KeyObject {
 /** A dummy `x` for JWK import: Node builds the key from `d` alone (EVP_PKEY_new_raw_private_key) and derives the public half itself. */
 const JWK_X = Buffer.alloc(32).toString('base64url')
 
-function importPrivate(sk: Uint8Array): KeyObject {
-  // JWK import is ~10× faster than PKCS#8 DER on Node 20 (no OpenSSL decoder
-  // framework). Should a Node version insist that x match d, fall back.
+function importDer(sk: Uint8Array): KeyObject {
+  const der = Buffer.concat([PKCS8_PREFIX, sk])
+  const key = createPrivateKey({ key: der, format: 'der', type: 'pkcs8' })
+  der.fill(0)
+  return key
+}
+
+/**
+ * JWK import is ~10× faster than PKCS#8 DER on Node 20 (no OpenSSL decoder
+ * framework). It relies on Node building the key from `d` alone, so it is
+ * used only if this runtime does: checked once against RFC 7748 §6.1.
+ */
+const JWK_IMPORT_OK = ((): boolean => {
   try {
-    return createPrivateKey({ key: { kty: 'OKP', crv: 'X25519', d: Buffer.from(sk).toString('base64url'), x: JWK_X }, format: 'jwk' })
+    const sk = Buffer.from('77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a', 'hex')
+    const key = createPrivateKey({ key: { kty: 'OKP', crv: 'X25519', d: sk.toString('base64url'), x: JWK_X }, format: 'jwk' })
+    const spki = createPublicKey(key).export({ format: 'der', type: 'spki' })
+    return spki.subarray(SPKI_PREFIX.length).toString('hex') === '8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a'
   } catch {
-    const der = Buffer.concat([PKCS8_PREFIX, sk])
-    const key = createPrivateKey({ key: der, format: 'der', type: 'pkcs8' })
-    der.fill(0)
-    return key
+    return false
   }
+})()
+
+function importPrivate(sk: Uint8Array): KeyObject {
+  if (JWK_IMPORT_OK) {
+    try {
+      return createPrivateKey({ key: { kty: 'OKP', crv: 'X25519', d: Buffer.from(sk).toString('base64url'), x: JWK_X }, format: 'jwk' })
+    } catch {
+      // fall through
+    }
+  }
+  return importDer(sk)
 }
 
 /** A long-lived key (an identity's): imported once. */
@@ -62,7 +83,7 @@ function cachedPrivate(sk: Uint8Array): KeyObject {
 
 function publicOf(key: KeyObject): Uint8Array {
   // The private key's JWK carries x, the public key: ~40× cheaper than exporting SPKI DER.
-  const x = key.export({ format: 'jwk' }).x
+  const x = JWK_IMPORT_OK ? key.export({ format: 'jwk' }).x : undefined
   if (typeof x === 'string') return new Uint8Array(Buffer.from(x, 'base64url'))
   const spki = createPublicKey(key).export({ format: 'der', type: 'spki' })
   return new Uint8Array(spki.subarray(SPKI_PREFIX.length))

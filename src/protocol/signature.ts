@@ -217,6 +217,21 @@ export function naclSign(message: Uint8Array, secretKey: Uint8Array): Uint8Array
   return nacl.sign.detached(message, secretKey)
 }
 
+/** JWK import (~10× faster than PKCS#8 DER on Node 20) with a placeholder x: Node builds the key from d alone. */
+function jwkSeedKey(seed: Uint8Array): KeyObject {
+  return createPrivateKey({ key: { kty: 'OKP', crv: 'Ed25519', d: Buffer.from(seed).toString('base64url'), x: Buffer.alloc(32).toString('base64url') }, format: 'jwk' })
+}
+
+/** Used only if this runtime really ignores x: checked once against RFC 8032 §7.1, test 1. */
+const ED25519_JWK_OK = ((): boolean => {
+  try {
+    const key = jwkSeedKey(Buffer.from('9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60', 'hex'))
+    return Buffer.from(key.export({ format: 'jwk' }).x ?? '', 'base64url').toString('hex') === 'd75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a'
+  } catch {
+    return false
+  }
+})()
+
 /**
  * An Ed25519 key pair from a 32-byte seed, in tweetnacl's layout (secret
  * key = seed ‖ public key): what nacl.sign.keyPair.fromSeed gives, on
@@ -224,16 +239,20 @@ export function naclSign(message: Uint8Array, secretKey: Uint8Array): Uint8Array
  */
 export function signKeyPairFromSeed(seed: Uint8Array): { publicKey: Uint8Array; secretKey: Uint8Array } {
   if (seed.length !== 32) throw new SignatureError('BAD_SECRET_KEY', 'an Ed25519 seed is 32 bytes')
-  let key: KeyObject
-  try {
-    // JWK is ~10× faster to import than PKCS#8 DER on Node 20; Node derives the public half from d (x is a placeholder).
-    key = createPrivateKey({ key: { kty: 'OKP', crv: 'Ed25519', d: Buffer.from(seed).toString('base64url'), x: Buffer.alloc(32).toString('base64url') }, format: 'jwk' })
-  } catch {
+  let key: KeyObject | undefined
+  if (ED25519_JWK_OK) {
+    try {
+      key = jwkSeedKey(seed)
+    } catch {
+      key = undefined
+    }
+  }
+  if (!key) {
     const der = Buffer.concat([PKCS8_PREFIX, seed])
     key = createPrivateKey({ key: der, format: 'der', type: 'pkcs8' })
     der.fill(0)
   }
-  const x = key.export({ format: 'jwk' }).x
+  const x = ED25519_JWK_OK ? key.export({ format: 'jwk' }).x : undefined
   const publicKey = typeof x === 'string' ? new Uint8Array(Buffer.from(x, 'base64url')) : new Uint8Array(createPublicKey(key).export({ format: 'der', type: 'spki' }).subarray(SPKI_PREFIX.length))
   const secretKey = new Uint8Array(64)
   secretKey.set(seed, 0)

@@ -75,7 +75,9 @@ class Half {
   private cwnd: number
   private ssthresh = Number.POSITIVE_INFINITY
   private dupAcks = 0
+  /** Until the ACK passes `recover`, no new fast retransmit; `fastRecovery` marks NewReno recovery (not the slow start after a timeout). */
   private recover = -1
+  private fastRecovery = false
   private srtt: number | undefined
   private rttvar = 0
   private rto = INITIAL_RTO_MS
@@ -147,6 +149,7 @@ class Half {
     this.cwnd = this.mss
     this.rto = Math.min(this.rto * 2, MAX_RTO_MS)
     this.recover = this.sndNxt
+    this.fastRecovery = false
     this.dupAcks = 0
     // Go back to the first unacked byte; the receiver's cumulative ACK skips what it already holds.
     this.sndNxt = this.sndUna
@@ -207,12 +210,19 @@ class Half {
       if (this.sndNxt < ack) this.sndNxt = ack
       this.timeouts = 0
       this.dupAcks = 0
-      if (this.recover >= 0 && ack < this.recover) {
-        // NewReno: a partial ACK in recovery means the next hole is lost too.
+      if (this.fastRecovery && ack < this.recover) {
+        // NewReno: a partial ACK in fast recovery means the next hole is lost too.
         const len = Math.min(this.mss, this.streamEnd - this.sndUna)
-        if (len > 0) this.transmit(this.sndUna, len)
+        if (len > 0) {
+          this.transmit(this.sndUna, len)
+          if (this.sndNxt < this.sndUna + len) this.sndNxt = this.sndUna + len
+        }
       } else {
-        if (this.recover >= 0) this.recover = -1
+        if (this.recover >= 0 && ack >= this.recover) {
+          this.recover = -1
+          this.fastRecovery = false
+        }
+        // Slow start (also going back over the window after a timeout) or congestion avoidance.
         this.cwnd += this.cwnd < this.ssthresh ? Math.min(acked, this.mss) : (this.mss * this.mss) / this.cwnd
       }
       if (this.flight() > 0) this.armRto()
@@ -226,6 +236,7 @@ class Half {
         this.ssthresh = Math.max(this.flight() / 2, 2 * this.mss)
         this.cwnd = this.ssthresh
         this.recover = this.sndNxt
+        this.fastRecovery = true
         this.transmit(this.sndUna, Math.min(this.mss, this.streamEnd - this.sndUna))
         this.armRto()
       }
@@ -340,7 +351,11 @@ export function dialTcp(sched: Scheduler, path: Path, listener: Listener, label:
           return
         }
         if (!server) server = makeServer(sched, path, listener, client)
-        if (server.closed) return
+        if (server.closed) {
+          // That socket is gone (its relay crashed and came back): the port answers RST.
+          path.down.send(HEADER_BYTES, () => fail(new ChaparError(ErrorCode.DISCONNECTED, `cannot reach ${label}: connection reset`)))
+          return
+        }
         path.down.send(SYN_BYTES, onSynAck, true)
       }, true)
       synTimer = sched.at(

@@ -17,7 +17,9 @@ import { MemoryFileSink } from '../client/files.js'
 import { generateIdentity, type Identity } from '../client/identity.js'
 import { runSync } from '../client/sync-driver.js'
 import type { ClientContext, SyncEvent } from '../client/sync-engine.js'
+import { toHex } from '../protocol/bytes.js'
 import { Kind, Priority } from '../protocol/envelope.js'
+import { FrameType } from '../protocol/frames.js'
 import { openMemoryDb as openSimDb } from '../queue/db.js'
 import { GroupCommit } from '../queue/group-commit.js'
 import { Inbox } from '../queue/inbox.js'
@@ -73,8 +75,7 @@ interface Host {
   rng: Rng
   /** Reports this host sent, not yet delivered. */
   open: Set<string>
-  firstDialAt: number | undefined
-  lastAcceptAt: number | undefined
+  /** Its reports' envelope bytes accepted, counted once per relay that accepted them. */
   acceptedBytes: number
   wireBytes: number
 }
@@ -176,6 +177,8 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
   const acceptedAt = new Map<string, number>()
   const deliveredAt = new Map<string, number>()
   const senderOf = new Map<string, Host>()
+  const firstFrameAt = new Map<string, number>()
+  const lastAcceptedAt = new Map<string, number>()
   const sizeOf = new Map<string, number>()
   let duplicates = 0
   let payloadBytes = 0
@@ -201,8 +204,6 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
       schedule,
       rng,
       open: new Set(),
-      firstDialAt: undefined,
-      lastAcceptAt: undefined,
       acceptedBytes: 0,
       wireBytes: 0,
       ctx: undefined as unknown as ClientContext,
@@ -218,7 +219,7 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
           if (!enqueuedAt.has(id)) continue // a receipt
           if (!acceptedAt.has(id)) acceptedAt.set(id, now)
           host.acceptedBytes += sizeOf.get(id)!
-          host.lastAcceptAt = now
+          lastAcceptedAt.set(id, now)
         }
       } else if (e.type === 'received' && e.as === 'report') {
         if (deliveredAt.has(e.id)) duplicates++
@@ -259,9 +260,20 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
   // ---- behaviour
   const stop = new AbortController()
   setMaxListeners(0, stop.signal) // every host's driver listens on it
-  const connectFor = (h: Host, field: boolean) => (url: string) => {
-    if (field && h.firstDialAt === undefined) h.firstDialAt = sched.now
-    return dialTcp(sched, h.path, byUrl.get(url)!.listener, url)
+  const connectFor = (h: Host, field: boolean) => async (url: string) => {
+    const conn = await dialTcp(sched, h.path, byUrl.get(url)!.listener, url)
+    if (field) {
+      // Note when each report's first PUT leaves: a transfer's time starts there.
+      const send = conn.link.send
+      conn.link.send = (frame) => {
+        if (frame[0] === FrameType.PUT) {
+          const id = toHex(frame.subarray(1, 33))
+          if (enqueuedAt.has(id) && !firstFrameAt.has(id)) firstFrameAt.set(id, sched.now)
+        }
+        send(frame)
+      }
+    }
+    return conn
   }
   for (const c of clients) {
     const loop = async (): Promise<void> => {
@@ -291,14 +303,33 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
   const latencies = [...deliveredAt].map(([id, t]) => t - enqueuedAt.get(id)!)
   const acceptLatencies = [...acceptedAt].map(([id, t]) => t - enqueuedAt.get(id)!)
   let wire = 0
+  // capacity_ratio's denominator: the time each field link was up while one
+  // of its transfers was under way (first PUT → last acceptance), counting
+  // overlapping transfers on one link once.
   let upMs = 0
   let acceptedBits = 0
+  const spans = new Map<Host, Array<[number, number]>>()
+  for (const [id, end] of lastAcceptedAt) {
+    const start = firstFrameAt.get(id)
+    const host = senderOf.get(id)
+    if (start === undefined || !host) continue
+    const list = spans.get(host) ?? []
+    list.push([start, end])
+    spans.set(host, list)
+  }
   for (const c of clients) {
     wire += c.wireBytes
-    if (c.firstDialAt !== undefined && c.lastAcceptAt !== undefined) {
-      upMs += c.schedule.upTime(c.firstDialAt, c.lastAcceptAt)
-      acceptedBits += c.acceptedBytes * 8
+    acceptedBits += c.acceptedBytes * 8
+    const list = (spans.get(c) ?? []).sort((a, b) => a[0] - b[0])
+    let cur: [number, number] | undefined
+    for (const [a, b] of list) {
+      if (cur && a <= cur[1]) cur[1] = Math.max(cur[1], b)
+      else {
+        if (cur) upMs += c.schedule.upTime(cur[0], cur[1])
+        cur = [a, b]
+      }
     }
+    if (cur) upMs += c.schedule.upTime(cur[0], cur[1])
   }
   const possibleBits = o.bandwidthKbps * (1 - meanLoss(o)) * upMs // kbit/s × ms = bits
   const capacity = possibleBits > 0 ? acceptedBits / possibleBits : 0

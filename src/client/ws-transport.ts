@@ -35,18 +35,48 @@ export interface WsConnection {
   onClose(fn: (reason: string) => void): void
 }
 
+/**
+ * The frames and the close of a connection, held until the driver attaches
+ * its handlers: frames can arrive in the same read as the upgrade response,
+ * before the caller has its WsConnection. Used by connectWs and by the
+ * simulator's WebSocket model.
+ */
+export class FrameHandoff {
+  private early: Uint8Array[] = []
+  private frameFn: ((frame: Uint8Array) => void) | undefined
+  private closeFn: ((reason: string) => void) | undefined
+  private closedReason: string | undefined
+
+  frame(f: Uint8Array): void {
+    if (this.frameFn) this.frameFn(f)
+    else this.early.push(f)
+  }
+
+  /** The connection closed; only the first reason counts. */
+  close(reason: string): void {
+    if (this.closedReason !== undefined) return
+    this.closedReason = reason
+    this.closeFn?.(reason)
+  }
+
+  readonly onFrame = (fn: (frame: Uint8Array) => void): void => {
+    this.frameFn = fn
+    for (const f of this.early.splice(0)) fn(f)
+  }
+
+  readonly onClose = (fn: (reason: string) => void): void => {
+    this.closeFn = fn
+    if (this.closedReason !== undefined) fn(this.closedReason)
+  }
+}
+
 /** Open a connection; rejects with a ChaparError(DISCONNECTED/TIMEOUT) if it cannot. */
 export function connectWs(url: string, timeoutMs = CONNECT_TIMEOUT_MS): Promise<WsConnection> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: MAX_FRAME_BYTES, handshakeTimeout: timeoutMs })
     ws.binaryType = 'nodebuffer'
-    // Frames can arrive in the same read as the upgrade response, before the
-    // caller has attached its handler: hold them until it does.
-    const early: Uint8Array[] = []
-    let frameFn: (f: Uint8Array) => void = (f) => early.push(f)
-    let closeFn: (r: string) => void = () => {}
+    const handoff = new FrameHandoff()
     let heardAt = Date.now()
-    let closedReason: string | undefined
     const heartbeat = setInterval(() => {
       if (Date.now() - heardAt > DEAD_AFTER_MS) {
         ws.terminate()
@@ -64,13 +94,11 @@ export function connectWs(url: string, timeoutMs = CONNECT_TIMEOUT_MS): Promise<
         ws.terminate()
         return
       }
-      frameFn(new Uint8Array(data.buffer, data.byteOffset, data.byteLength))
+      handoff.frame(new Uint8Array(data.buffer, data.byteOffset, data.byteLength))
     })
     const finish = (reason: string): void => {
       clearInterval(heartbeat)
-      if (closedReason !== undefined) return
-      closedReason = reason
-      closeFn(reason)
+      handoff.close(reason)
     }
     ws.on('close', (code, reason) => finish(`closed (${code}${reason.length ? ' ' + reason.toString() : ''})`))
     ws.on('error', (err) => {
@@ -89,14 +117,8 @@ export function connectWs(url: string, timeoutMs = CONNECT_TIMEOUT_MS): Promise<
             setTimeout(() => ws.terminate(), 1000).unref()
           },
         },
-        onFrame: (fn) => {
-          frameFn = fn
-          for (const f of early.splice(0)) fn(f)
-        },
-        onClose: (fn) => {
-          closeFn = fn
-          if (closedReason !== undefined) fn(closedReason)
-        },
+        onFrame: handoff.onFrame,
+        onClose: handoff.onClose,
       })
     })
   })

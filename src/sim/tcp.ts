@@ -18,7 +18,7 @@
  */
 import type { Link } from '../protocol/env.js'
 import { ChaparError, ErrorCode } from '../protocol/errors.js'
-import { DEAD_AFTER_MS, HEARTBEAT_MS as CLIENT_HEARTBEAT_MS, type WsConnection } from '../client/ws-transport.js'
+import { DEAD_AFTER_MS, FrameHandoff, HEARTBEAT_MS as CLIENT_HEARTBEAT_MS, type WsConnection } from '../client/ws-transport.js'
 import type { Path, Pipe } from './link.js'
 import type { Scheduler } from './scheduler.js'
 
@@ -89,8 +89,11 @@ class Half {
   private rcvNxt = 0
   private readonly ooo = new Map<number, number>()
 
-  onItem: (data: StreamItem['data']) => void = () => {}
+  /** Everything the peer sent except ws pings and pongs, which the heartbeat handles. */
+  onItem: (data: Uint8Array | 'upgrade' | 'accept') => void = () => {}
   onClosed: (reason: string) => void = () => {}
+  private heardAt: number
+  private beatTimer: number | undefined
 
   constructor(
     private readonly sched: Scheduler,
@@ -99,6 +102,7 @@ class Half {
     private readonly masked: boolean,
   ) {
     this.cwnd = 10 * mss
+    this.heardAt = sched.now
   }
 
   write(data: StreamItem['data']): void {
@@ -194,8 +198,39 @@ class Half {
       const item = this.items.shift()!
       if (receiver.closed) return
       this.sched.wake()
-      receiver.onItem(item.data)
+      receiver.receiveItem(item.data)
     }
+  }
+
+  private receiveItem(data: StreamItem['data']): void {
+    if (data === 'ping') {
+      this.write('pong')
+      return
+    }
+    this.heardAt = this.sched.now
+    if (data !== 'pong') this.onItem(data)
+  }
+
+  /**
+   * ws's heartbeat on this end: a ping every `everyMs`; silence (no frame,
+   * no pong) for more than `deadAfterMs` cuts the connection, as
+   * ws-transport.ts (client) and ws-server.ts (relay) do.
+   */
+  startHeartbeat(everyMs: number, deadAfterMs: number, reason: string): void {
+    this.heardAt = this.sched.now
+    const beat = (): void => {
+      this.beatTimer = this.sched.at(this.sched.now + everyMs, () => {
+        this.beatTimer = undefined
+        if (this.closed) return
+        if (this.sched.now - this.heardAt > deadAfterMs) {
+          this.abort(reason) // ws.terminate()
+          return
+        }
+        this.write('ping')
+        beat()
+      })
+    }
+    beat()
   }
 
   onAck(ack: number): void {
@@ -288,6 +323,8 @@ class Half {
   shut(reason: string): void {
     this.closed = true
     this.sched.wake()
+    if (this.beatTimer !== undefined) this.sched.timers.clearTimeout(this.beatTimer)
+    this.beatTimer = undefined
     if (this.rtoTimer !== undefined) this.sched.timers.clearTimeout(this.rtoTimer)
     this.rtoTimer = undefined
     this.items.length = 0
@@ -369,62 +406,29 @@ export function dialTcp(sched: Scheduler, path: Path, listener: Listener, label:
       )
     }
 
-    // Frames that arrive before the driver attaches its handler are held, as in connectWs.
-    const early: Uint8Array[] = []
-    let frameFn: (f: Uint8Array) => void = (f) => early.push(f)
-    let closeFn: (r: string) => void = () => {}
-    let closedReason: string | undefined
-    let heardAt = sched.now
-    let heartbeat: number | undefined
-    const beat = (): void => {
-      heartbeat = sched.at(sched.now + CLIENT_HEARTBEAT_MS, () => {
-        heartbeat = undefined
-        if (client.closed) return
-        if (sched.now - heardAt > DEAD_AFTER_MS) {
-          client.abort('heartbeat timed out') // ws.terminate()
-          return
-        }
-        client.write('ping')
-        beat()
-      })
-    }
+    const handoff = new FrameHandoff()
     client.onItem = (data) => {
-      if (data === 'ping') {
-        client.write('pong')
-        return
-      }
-      heardAt = sched.now
-      if (data === 'pong') return
       if (data === 'accept') {
         if (state !== 'upgrading') return
         state = 'open'
         sched.timers.clearTimeout(deadline)
-        beat()
+        client.startHeartbeat(CLIENT_HEARTBEAT_MS, DEAD_AFTER_MS, 'heartbeat timed out')
         resolve({
           reliable: true,
           link: { send: (frame) => client.write(frame.slice()), close: (reason) => client.close(reason ?? 'closed') },
-          onFrame: (fn) => {
-            frameFn = fn
-            for (const f of early.splice(0)) fn(f)
-          },
-          onClose: (fn) => {
-            closeFn = fn
-            if (closedReason !== undefined) fn(closedReason)
-          },
+          onFrame: handoff.onFrame,
+          onClose: handoff.onClose,
         })
-      } else if (typeof data !== 'string' && state === 'open') {
-        frameFn(data)
+      } else if (data !== 'upgrade' && state === 'open') {
+        handoff.frame(data)
       }
     }
     client.onClosed = (reason) => {
-      if (heartbeat !== undefined) sched.timers.clearTimeout(heartbeat)
       if (state !== 'open') {
         fail(new ChaparError(ErrorCode.DISCONNECTED, `cannot reach ${label}: ${reason}`))
         return
       }
-      if (closedReason !== undefined) return
-      closedReason = reason
-      closeFn(reason)
+      handoff.close(reason)
     }
     sendSyn()
   })
@@ -435,8 +439,6 @@ function makeServer(sched: Scheduler, path: Path, listener: Listener, client: Ha
   server.peer = client
   client.peer = server
   let session: { receive(frame: Uint8Array): void; close(): void } | undefined
-  let heartbeat: number | undefined
-  let heardAt = sched.now
   const end: ServerEnd = {
     kill: () => {
       // The process died: its kernel closes the socket and the client hears a FIN.
@@ -444,26 +446,8 @@ function makeServer(sched: Scheduler, path: Path, listener: Listener, client: Ha
     },
   }
   listener.halves.add(end)
-  const beat = (): void => {
-    heartbeat = sched.at(sched.now + SERVER_HEARTBEAT_MS, () => {
-      heartbeat = undefined
-      if (server.closed) return
-      if (sched.now - heardAt > SERVER_DEAD_AFTER_MS) {
-        server.abort('no pong') // ws-server terminates a socket silent that long
-        return
-      }
-      server.write('ping')
-      beat()
-    })
-  }
-  beat()
+  server.startHeartbeat(SERVER_HEARTBEAT_MS, SERVER_DEAD_AFTER_MS, 'no pong')
   server.onItem = (data) => {
-    if (data === 'ping') {
-      server.write('pong')
-      return
-    }
-    heardAt = sched.now
-    if (data === 'pong') return
     if (data === 'upgrade') {
       if (session) return
       server.write('accept')
@@ -471,13 +455,12 @@ function makeServer(sched: Scheduler, path: Path, listener: Listener, client: Ha
         send: (frame) => server.write(frame.slice()),
         close: (reason) => server.close(reason ?? 'closed by relay'),
       })
-    } else if (typeof data !== 'string') {
+    } else if (data !== 'accept') {
       session?.receive(data)
     }
   }
   server.onClosed = () => {
     listener.halves.delete(end)
-    if (heartbeat !== undefined) sched.timers.clearTimeout(heartbeat)
     session?.close()
   }
   return server

@@ -8,11 +8,11 @@
  * for inputs OpenSSL refuses (a low-order public key gives an all-zero
  * shared point, which OpenSSL rejects and tweetnacl computes).
  */
-import { createPrivateKey, createPublicKey, diffieHellman, type KeyObject } from 'node:crypto'
+import { createPublicKey, diffieHellman, type KeyObject } from 'node:crypto'
 import nacl from 'tweetnacl'
+import { cached } from './key-cache.js'
+import { importOkpPrivate, okpPublicOf } from './okp-keys.js'
 
-const PKCS8_PREFIX = Buffer.from('302e020100300506032b656e04220420', 'hex')
-const SPKI_PREFIX = Buffer.from('302a300506032b656e032100', 'hex')
 const SIGMA = new Uint8Array(Buffer.from('expand 32-byte k', 'latin1'))
 const ZERO16 = new Uint8Array(16)
 const CACHE_MAX = 4096
@@ -21,72 +21,22 @@ const lowlevel = (nacl as unknown as { lowlevel: { crypto_core_hsalsa20(out: Uin
 const privateKeys = new Map<string, KeyObject>()
 const publicKeys = new Map<string, KeyObject>()
 
+/** A recipient's long-lived public key: imported once. */
 function cachedPublic(pk: Uint8Array): KeyObject {
-  const id = Buffer.from(pk).toString('base64')
-  let key = publicKeys.get(id)
-  if (!key) {
-    key = importPublic(pk)
-    if (publicKeys.size >= CACHE_MAX) publicKeys.delete(publicKeys.keys().next().value!)
-    publicKeys.set(id, key)
-  }
-  return key
+  return cached(publicKeys, CACHE_MAX, pk, () => importPublic(pk))
 }
-
-/** A dummy `x` for JWK import: Node builds the key from `d` alone (EVP_PKEY_new_raw_private_key) and derives the public half itself. */
-const JWK_X = Buffer.alloc(32).toString('base64url')
-
-function importDer(sk: Uint8Array): KeyObject {
-  const der = Buffer.concat([PKCS8_PREFIX, sk])
-  const key = createPrivateKey({ key: der, format: 'der', type: 'pkcs8' })
-  der.fill(0)
-  return key
-}
-
-/**
- * JWK import is ~10× faster than PKCS#8 DER on Node 20 (no OpenSSL decoder
- * framework). It relies on Node building the key from `d` alone, so it is
- * used only if this runtime does: checked once against RFC 7748 §6.1.
- */
-const JWK_IMPORT_OK = ((): boolean => {
-  try {
-    const sk = Buffer.from('77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a', 'hex')
-    const key = createPrivateKey({ key: { kty: 'OKP', crv: 'X25519', d: sk.toString('base64url'), x: JWK_X }, format: 'jwk' })
-    const spki = createPublicKey(key).export({ format: 'der', type: 'spki' })
-    return spki.subarray(SPKI_PREFIX.length).toString('hex') === '8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a'
-  } catch {
-    return false
-  }
-})()
 
 function importPrivate(sk: Uint8Array): KeyObject {
-  if (JWK_IMPORT_OK) {
-    try {
-      return createPrivateKey({ key: { kty: 'OKP', crv: 'X25519', d: Buffer.from(sk).toString('base64url'), x: JWK_X }, format: 'jwk' })
-    } catch {
-      // fall through
-    }
-  }
-  return importDer(sk)
+  return importOkpPrivate('X25519', sk)
 }
 
 /** A long-lived key (an identity's): imported once. */
 function cachedPrivate(sk: Uint8Array): KeyObject {
-  const id = Buffer.from(sk).toString('base64')
-  let key = privateKeys.get(id)
-  if (!key) {
-    key = importPrivate(sk)
-    if (privateKeys.size >= CACHE_MAX) privateKeys.delete(privateKeys.keys().next().value!)
-    privateKeys.set(id, key)
-  }
-  return key
+  return cached(privateKeys, CACHE_MAX, sk, () => importPrivate(sk))
 }
 
 function publicOf(key: KeyObject): Uint8Array {
-  // The private key's JWK carries x, the public key: ~40× cheaper than exporting SPKI DER.
-  const x = JWK_IMPORT_OK ? key.export({ format: 'jwk' }).x : undefined
-  if (typeof x === 'string') return new Uint8Array(Buffer.from(x, 'base64url'))
-  const spki = createPublicKey(key).export({ format: 'der', type: 'spki' })
-  return new Uint8Array(spki.subarray(SPKI_PREFIX.length))
+  return okpPublicOf('X25519', key)
 }
 
 function importPublic(pk: Uint8Array): KeyObject {

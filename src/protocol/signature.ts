@@ -1,5 +1,7 @@
-import { createPrivateKey, createPublicKey, sign as cryptoSign, verify as cryptoVerify, type KeyObject } from 'node:crypto'
+import { createPublicKey, sign as cryptoSign, verify as cryptoVerify, type KeyObject } from 'node:crypto'
 import nacl from 'tweetnacl'
+import { cacheKey, remember } from './key-cache.js'
+import { importOkpPrivate, okpPublicOf, SPKI_PREFIX as OKP_SPKI_PREFIX } from './okp-keys.js'
 
 /** Length of a raw Ed25519 public key. */
 export const PUBLIC_KEY_BYTES = 32
@@ -95,21 +97,12 @@ export interface Verifier {
   verify(message: Uint8Array, signature: Uint8Array, publicKey: Uint8Array): boolean
 }
 
-const SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex')
-const PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex')
+const SPKI_PREFIX = OKP_SPKI_PREFIX.Ed25519
 const PUBLIC_CACHE_MAX = 1024
 const PRIVATE_CACHE_MAX = 4096
 const publicKeys = new Map<string, KeyObject>()
 const privateKeys = new Map<string, KeyObject>()
 
-function cacheKey(b: Uint8Array): string {
-  return Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('latin1')
-}
-
-function remember(cache: Map<string, KeyObject>, max: number, id: string, key: KeyObject): void {
-  if (cache.size >= max) cache.delete(cache.keys().next().value!)
-  cache.set(id, key)
-}
 
 // Only validated keys are cached, so a hit skips the BigInt curve check too.
 // Invalid keys are never cached: that would let garbage evict real senders.
@@ -188,13 +181,8 @@ function privateKeyObject(secretKey: Uint8Array): KeyObject {
     privateKeys.set(id, hit)
     return hit
   }
-  const der = Buffer.alloc(PKCS8_PREFIX.length + 32)
-  PKCS8_PREFIX.copy(der, 0)
-  der.set(secretKey.subarray(0, 32), PKCS8_PREFIX.length)
-  const key = createPrivateKey({ key: der, format: 'der', type: 'pkcs8' })
-  der.fill(0)
-  const spki = createPublicKey(key).export({ format: 'der', type: 'spki' })
-  if (!spki.subarray(SPKI_PREFIX.length).equals(secretKey.subarray(32))) {
+  const key = importOkpPrivate('Ed25519', secretKey.subarray(0, 32))
+  if (!Buffer.from(okpPublicOf('Ed25519', key)).equals(secretKey.subarray(32))) {
     throw new SignatureError('BAD_SECRET_KEY', 'secret key public half does not match its seed')
   }
   remember(privateKeys, PRIVATE_CACHE_MAX, id, key)
@@ -217,21 +205,6 @@ export function naclSign(message: Uint8Array, secretKey: Uint8Array): Uint8Array
   return nacl.sign.detached(message, secretKey)
 }
 
-/** JWK import (~10× faster than PKCS#8 DER on Node 20) with a placeholder x: Node builds the key from d alone. */
-function jwkSeedKey(seed: Uint8Array): KeyObject {
-  return createPrivateKey({ key: { kty: 'OKP', crv: 'Ed25519', d: Buffer.from(seed).toString('base64url'), x: Buffer.alloc(32).toString('base64url') }, format: 'jwk' })
-}
-
-/** Used only if this runtime really ignores x: checked once against RFC 8032 §7.1, test 1. */
-const ED25519_JWK_OK = ((): boolean => {
-  try {
-    const key = jwkSeedKey(Buffer.from('9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60', 'hex'))
-    return Buffer.from(key.export({ format: 'jwk' }).x ?? '', 'base64url').toString('hex') === 'd75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a'
-  } catch {
-    return false
-  }
-})()
-
 /**
  * An Ed25519 key pair from a 32-byte seed, in tweetnacl's layout (secret
  * key = seed ‖ public key): what nacl.sign.keyPair.fromSeed gives, on
@@ -239,21 +212,7 @@ const ED25519_JWK_OK = ((): boolean => {
  */
 export function signKeyPairFromSeed(seed: Uint8Array): { publicKey: Uint8Array; secretKey: Uint8Array } {
   if (seed.length !== 32) throw new SignatureError('BAD_SECRET_KEY', 'an Ed25519 seed is 32 bytes')
-  let key: KeyObject | undefined
-  if (ED25519_JWK_OK) {
-    try {
-      key = jwkSeedKey(seed)
-    } catch {
-      key = undefined
-    }
-  }
-  if (!key) {
-    const der = Buffer.concat([PKCS8_PREFIX, seed])
-    key = createPrivateKey({ key: der, format: 'der', type: 'pkcs8' })
-    der.fill(0)
-  }
-  const x = ED25519_JWK_OK ? key.export({ format: 'jwk' }).x : undefined
-  const publicKey = typeof x === 'string' ? new Uint8Array(Buffer.from(x, 'base64url')) : new Uint8Array(createPublicKey(key).export({ format: 'der', type: 'spki' }).subarray(SPKI_PREFIX.length))
+  const publicKey = okpPublicOf('Ed25519', importOkpPrivate('Ed25519', seed))
   const secretKey = new Uint8Array(64)
   secretKey.set(seed, 0)
   secretKey.set(publicKey, 32)

@@ -49,35 +49,21 @@ export async function renderReport(runs: readonly ReportRun[], sweep?: string): 
     thin(r.trace.latencies.map((l, i) => ({ l, q: (i + 1) / r.trace.latencies.length }))).map((p) => ({ run: label(r, sweep), minutes: p.l / 60_000, fraction: p.q })),
   )
   const color = { field: 'run', type: 'nominal' as const, title: sweep ?? 'run' }
+  /** One step line per run, x from zero, y over a fixed range. */
+  const steps = (values: object[], x: [string, string], y: [string, string, number]): vl.TopLevelSpec => ({
+    width: 640,
+    height: 260,
+    data: { values },
+    mark: { type: 'line', interpolate: 'step-after' },
+    encoding: {
+      x: { field: x[0], type: 'quantitative', title: x[1], scale: { domainMin: 0 } },
+      y: { field: y[0], type: 'quantitative', title: y[1], scale: { domain: [0, y[2]] } },
+      color,
+    },
+  })
   const charts: Array<[string, vl.TopLevelSpec]> = [
-    [
-      'Reports in recipients\' inboxes over virtual time',
-      {
-        width: 640,
-        height: 260,
-        data: { values: delivery },
-        mark: { type: 'line', interpolate: 'step-after' },
-        encoding: {
-          x: { field: 'hours', type: 'quantitative', title: 'virtual time (h)', scale: { domainMin: 0 } },
-          y: { field: 'delivered', type: 'quantitative', title: 'delivered (% of sent)', scale: { domain: [0, 100] } },
-          color,
-        },
-      },
-    ],
-    [
-      'Latency, queued → inbox (CDF)',
-      {
-        width: 640,
-        height: 260,
-        data: { values: cdf },
-        mark: { type: 'line', interpolate: 'step-after' },
-        encoding: {
-          x: { field: 'minutes', type: 'quantitative', title: 'latency (min)', scale: { domainMin: 0 } },
-          y: { field: 'fraction', type: 'quantitative', title: 'fraction of delivered reports', scale: { domain: [0, 1] } },
-          color,
-        },
-      },
-    ],
+    ["Reports in recipients' inboxes over virtual time", steps(delivery, ['hours', 'virtual time (h)'], ['delivered', 'delivered (% of sent)', 100])],
+    ['Latency, queued → inbox (CDF)', steps(cdf, ['minutes', 'latency (min)'], ['fraction', 'fraction of delivered reports', 1])],
   ]
   if (sweep && runs.length > 1) {
     const rows = runs.map((r) => ({ value: Number(r.value), wire_per_payload: r.result.wire_per_payload, capacity_ratio: r.result.capacity_ratio, delivery_ratio: r.result.delivery_ratio }))

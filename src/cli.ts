@@ -88,6 +88,8 @@ program
   .option('--bandwidth <kbit/s>', 'link rate each way (default 512)')
   .option('--mtu <bytes>', 'largest packet (default 1200)')
   .option('--queue <duration>', 'longest a packet waits in the send queue before it is dropped (default 2s)')
+  .option('--transport <t>', 'ws (WebSocket over TCP) or datagram (coded UDP transport) (default ws)')
+  .option('--rate <kbit/s>', 'datagram transport: send pace (default: --bandwidth)')
   .option('--duplicate <p>', 'fraction of packets duplicated (default 0)')
   .option('--reorder <p>', 'fraction of packets delayed past later ones (default 0)')
   .option('--outage <spec>', 'field link schedule, e.g. up=30s,down=10m')

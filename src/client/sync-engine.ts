@@ -222,6 +222,10 @@ export class SyncSession {
     this.startedAt = this.now()
     this.lastFrameAt = this.startedAt
     this.arm()
+    // PUT is self-describing: uploads need nothing from HELLO, so they go out
+    // with the connection's first bytes (on the datagram transport, in its
+    // very first packets) rather than a round trip later.
+    if (options.role === 'upload') this.enqueue(() => this.pumpUploads())
   }
 
   /** Did the relay ever answer on this connection? (The driver resets its backoff if so.) */
@@ -417,8 +421,6 @@ export class SyncSession {
       // The relay handles a connection's frames in order, so the LIST can
       // follow the AUTH at once: one round trip fewer on every sync.
       this.sendList()
-    } else {
-      await this.pumpUploads()
     }
   }
 
@@ -438,7 +440,7 @@ export class SyncSession {
   }
 
   private async pumpUploads(): Promise<void> {
-    if (!this.helloSeen || this.options.role !== 'upload') return
+    if (this.options.role !== 'upload' || this.finished) return
     if (this.needScan && this.queue.length === 0) {
       this.needScan = false
       this.scannedGeneration = this.ctx.outbox.generation

@@ -37,6 +37,10 @@ export interface SimOptions {
   ttlMs: number
   fsyncMs: number
   queueMs: number
+  /** How connections travel: WebSocket over the TCP model, or the coded datagram transport. */
+  transport: 'ws' | 'datagram'
+  /** The datagram transport's pace; undefined = the link's bandwidth. */
+  rateKbps: number | undefined
 }
 
 export const DEFAULTS: SimOptions = {
@@ -65,6 +69,8 @@ export const DEFAULTS: SimOptions = {
   ttlMs: 7 * 24 * 3600_000,
   fsyncMs: 2,
   queueMs: 2_000,
+  transport: 'ws',
+  rateKbps: undefined,
 }
 
 /** The situations field users face. */
@@ -110,10 +116,12 @@ const NAMES: Record<string, keyof SimOptions> = {
   ttl: 'ttlMs',
   fsync: 'fsyncMs',
   queue: 'queueMs',
+  transport: 'transport',
+  rate: 'rateKbps',
 }
 
-/** Option names a sweep may vary (numeric ones). */
-export const SWEEPABLE = ['loss', 'recipientLoss', 'burst', 'rtt', 'jitter', 'bandwidth', 'mtu', 'duplicate', 'reorder', 'clients', 'messages', 'size', 'relays']
+/** Option names a sweep may vary. */
+export const SWEEPABLE = ['loss', 'recipientLoss', 'burst', 'rtt', 'jitter', 'bandwidth', 'mtu', 'duplicate', 'reorder', 'clients', 'messages', 'size', 'relays', 'rate', 'transport']
 
 const camel = (k: string): string => k.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())
 
@@ -236,6 +244,13 @@ function set(o: SimOptions, key: string, v: unknown): void {
       break
     case 'queueMs':
       o.queueMs = duration('queue', v)
+      break
+    case 'transport':
+      if (v !== 'ws' && v !== 'datagram') throw new InputError(`--transport must be ws or datagram, got ${JSON.stringify(v)}`)
+      o.transport = v
+      break
+    case 'rateKbps':
+      o.rateKbps = positive('rate', v, 10_000_000)
       break
     default:
       throw new InputError(`unknown simulation option "${key}"`)

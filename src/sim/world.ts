@@ -16,6 +16,8 @@ import { compose } from '../client/compose.js'
 import { MemoryFileSink } from '../client/files.js'
 import { generateIdentity, type Identity } from '../client/identity.js'
 import { runSync } from '../client/sync-driver.js'
+import type { WsConnection } from '../client/ws-transport.js'
+import { boxPublicKey } from '../protocol/box.js'
 import type { ClientContext, SyncEvent } from '../client/sync-engine.js'
 import { toHex } from '../protocol/bytes.js'
 import { Kind, Priority } from '../protocol/envelope.js'
@@ -32,6 +34,15 @@ import type { Rng } from './rng.js'
 import { EPOCH_MS, Scheduler } from './scheduler.js'
 import { dialTcp, type Listener, type ServerEnd } from './tcp.js'
 import type { SimOptions } from './options.js'
+import { clientDatagramConnection } from '../client/udp-transport.js'
+import { DatagramListener } from '../relay/datagram-listener.js'
+import { IP_UDP_BYTES } from '../protocol/datagram-session.js'
+
+/** Where a relay's datagram replies go: one client connection's end of its host's link. */
+interface SimAddress {
+  path: Path
+  receive(packet: Uint8Array): void
+}
 
 export interface SimResult {
   sent: number
@@ -83,6 +94,9 @@ interface Host {
 interface SimRelay {
   url: string
   listener: Listener
+  /** The datagram transport's relay end (with --transport datagram). */
+  datagram: DatagramListener<SimAddress> | undefined
+  secretKey: Uint8Array
   up: boolean
   generation: number
   relay: Relay | undefined
@@ -123,8 +137,11 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
   let crashes = 0
   for (let r = 0; r < o.relays; r++) {
     const db = await openSimDb()
+    const secretKey = sched.randomBytes(32)
     const sr: SimRelay = {
-      url: `ws://relay-${r}.sim:7000`,
+      url: o.transport === 'datagram' ? `udp://relay-${r}.sim:7000` : `ws://relay-${r}.sim:7000`,
+      datagram: undefined,
+      secretKey,
       up: false,
       generation: 0,
       relay: undefined,
@@ -143,6 +160,15 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
       const durable = (): Promise<void> => new Promise((resolve) => sched.at(sched.now + o.fsyncMs, () => gen === sr.generation && sr.up && resolve()))
       const commit = new GroupCommit(db, true, durable)
       sr.relay = new Relay(new MailboxStore(db, commit), sched)
+      if (o.transport === 'datagram') {
+        sr.datagram = new DatagramListener<SimAddress>(sr.relay, {
+          env: sched,
+          secretKey: sr.secretKey,
+          mtu: o.mtu - IP_UDP_BYTES,
+          rateKbps: o.rateKbps ?? o.bandwidthKbps,
+          send: (to, packet) => to.path.down.send(packet.length + IP_UDP_BYTES, () => to.receive(packet)),
+        })
+      }
       sr.up = true
     }
     start()
@@ -159,6 +185,7 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
           sr.generation++
           crashes++
           for (const h of [...sr.listener.halves]) h.kill()
+          sr.datagram?.stop(false)
           sched.at(sched.now + o.relayRestartMs, () => {
             start()
             crashLater()
@@ -260,8 +287,20 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
   // ---- behaviour
   const stop = new AbortController()
   setMaxListeners(0, stop.signal) // every host's driver listens on it
+  const dialDatagram = (h: Host, sr: SimRelay): WsConnection => {
+    let c: ReturnType<typeof clientDatagramConnection> | undefined = undefined
+    const addr: SimAddress = { path: h.path, receive: (packet) => c!.receive(packet) }
+    c = clientDatagramConnection(
+      sched,
+      boxPublicKey(sr.secretKey),
+      (packet) => h.path.up.send(packet.length + IP_UDP_BYTES, () => sr.up && sr.datagram?.receive(packet, addr)),
+      { mtu: o.mtu - IP_UDP_BYTES, rateKbps: o.rateKbps ?? o.bandwidthKbps },
+    )
+    return c.conn
+  }
   const connectFor = (h: Host, field: boolean) => async (url: string) => {
-    const conn = await dialTcp(sched, h.path, byUrl.get(url)!.listener, url)
+    const sr = byUrl.get(url)!
+    const conn = o.transport === 'datagram' ? dialDatagram(h, sr) : await dialTcp(sched, h.path, sr.listener, url)
     if (field) {
       // Note when each report's first PUT leaves: a transfer's time starts there.
       const send = conn.link.send

@@ -246,7 +246,7 @@ describe('parseSweep', () => {
   it('every sweepable name is accepted, and each value applies as an option', () => {
     const sample: Record<string, string> = {
       loss: '0.4', recipientLoss: '0.2', burst: '5', rtt: '300', jitter: '20', bandwidth: '64',
-      mtu: '1400', duplicate: '0.01', reorder: '0.01', clients: '3', messages: '4', size: 'mix', relays: '2',
+      mtu: '1400', duplicate: '0.01', reorder: '0.01', clients: '3', messages: '4', size: 'mix', relays: '2', rate: '256', transport: 'datagram',
     }
     for (const name of SWEEPABLE) {
       const kebab = name.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())

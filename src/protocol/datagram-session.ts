@@ -1,0 +1,651 @@
+/**
+ * One end of a datagram connection: an ordered, reliable stream of frames
+ * over packets that may be lost, duplicated or reordered, built for heavy
+ * loss (DESIGN §3). No I/O of its own: it is handed an Env and a `transmit`
+ * function, and fed the bodies of packets that passed authentication
+ * (datagram-crypto.ts does the sealing).
+ *
+ * Theory of operation.
+ *   Sending: frames are written to a byte stream (u32 length ‖ frame). The
+ *   stream is cut into blocks of up to MAX_BLOCK_SYMBOLS symbols when the
+ *   pacer has room, so frames written together share a block and a lone
+ *   report goes at once. Each block is coded (rlnc.ts): its source symbols
+ *   first, then repair symbols, for as long as the receiver needs them.
+ *   At most MAX_OPEN_BLOCKS blocks are open at a time.
+ *   How much to send: every packet carries an ack of the other direction —
+ *   the receiver's base (every block below it is delivered), how many more
+ *   symbols each open block needs, how many packets it has received and the
+ *   largest packet number it saw. From those the sender knows, per block,
+ *   the symbols still needed and which of its packets are still in flight,
+ *   and estimates the loss rate p. A block is sent to until the symbols in
+ *   flight are expected to cover what it needs (mean arrivals ≥ needed);
+ *   when the pacer would otherwise idle, further repair goes out until the
+ *   chance of decoding is ROUND_CONFIDENCE. Symbols unacked after a
+ *   retransmission timeout count as lost, so lost acks cost one timeout,
+ *   never a stall; the timeout stretches while the peer is silent (a
+ *   blackout) instead of blasting into the void.
+ *   Pacing: packets leave at `rateKbps`, whatever the loss: loss here is the
+ *   medium, not congestion, and backing off on it would collapse at 80%.
+ *   Receiving: symbols feed the block's decoder; a decoded block is
+ *   delivered once every block before it is; acks go back piggybacked on
+ *   data, alone every ACK_EVERY received packets, and in a burst sized to
+ *   the reverse loss when a block completes. A packet for a block already
+ *   delivered is answered with an ack: the sender evidently lacks one.
+ *   A peer that claims to have had blocks acked that this end never
+ *   received (it restarted and lost them) gets a RESET: the connection
+ *   cannot continue, and the sync engine above starts a new one and resumes
+ *   from what was persisted.
+ */
+import type { Env, TimerHandle } from './env.js'
+import { ProtocolError, ErrorCode } from './errors.js'
+import { BlockDecoder, BlockEncoder, MAX_BLOCK_SYMBOLS, MAX_SYMBOL_ID, symbolsFor } from './rlnc.js'
+
+export const DEFAULT_MTU = 1200
+export const MIN_MTU = 400
+export const MAX_MTU = 65_000
+/** The default pace: a degraded satellite terminal's share. */
+export const DEFAULT_RATE_KBPS = 512
+/** IPv4 + UDP headers, counted in the pace. */
+export const IP_UDP_BYTES = 28
+export const MAX_OPEN_BLOCKS = 8
+/** Loss assumed before the first ack tells otherwise: the field users' links are bad. */
+export const INITIAL_LOSS = 0.5
+export const MAX_LOSS_ESTIMATE = 0.95
+export const INITIAL_RTO_MS = 1000
+export const MIN_RTO_MS = 100
+/** The longest wait between rounds while the peer is silent. */
+export const MAX_SILENT_RTO_MS = 30_000
+/** No packet from the peer for this long while data waits: the connection is dead. */
+export const DEAD_AFTER_MS = 60_000
+/** Chance of decoding a round aims for when the link would otherwise idle. */
+export const ROUND_CONFIDENCE = 0.95
+/** Standalone acks: one per this many packets received, if no data carries one. */
+export const ACK_EVERY = 2
+/** Acks owed wait at most this long for data to ride on. */
+export const ACK_DELAY_MS = 20
+const MAX_ACK_BURST = 8
+
+const Flag = { SYMBOL: 1, ACK: 2, CLOSE: 4, RESET: 8 } as const
+const NOT_SEEN = 0xffff
+/** flags, instance, sendBase | recvBase, received, largestPn, ackDelay, count, needed[] | block, blockBytes, esi(24). */
+const FIXED_BODY_BYTES = 1 + 4 + 4
+const ACK_BYTES = 4 + 4 + 4 + 2 + 1 + 2 * MAX_OPEN_BLOCKS
+const SYMBOL_HEADER_BYTES = 4 + 4 + 3
+/** Body bytes around a symbol's data, at most. */
+export const BODY_OVERHEAD_BYTES = FIXED_BODY_BYTES + ACK_BYTES + SYMBOL_HEADER_BYTES
+
+export interface Ack {
+  recvBase: number
+  received: number
+  largestPn: number
+  ackDelay: number
+  needed: number[]
+}
+
+export interface Body {
+  flags: number
+  instance: number
+  sendBase: number
+  ack?: Ack
+  symbol?: { block: number; blockBytes: number; esi: number; data: Uint8Array }
+}
+
+export function encodeBody(b: Body): Uint8Array {
+  const n = b.ack ? b.ack.needed.length : 0
+  const size = FIXED_BODY_BYTES + (b.ack ? 15 + 2 * n : 0) + (b.symbol ? SYMBOL_HEADER_BYTES + b.symbol.data.length : 0)
+  const out = new Uint8Array(size)
+  const v = new DataView(out.buffer)
+  let o = 0
+  out[o++] = b.flags | (b.ack ? Flag.ACK : 0) | (b.symbol ? Flag.SYMBOL : 0)
+  v.setUint32(o, b.instance >>> 0)
+  v.setUint32(o + 4, b.sendBase >>> 0)
+  o += 8
+  if (b.ack) {
+    const a = b.ack
+    v.setUint32(o, a.recvBase >>> 0)
+    v.setUint32(o + 4, a.received >>> 0)
+    v.setUint32(o + 8, a.largestPn >>> 0)
+    v.setUint16(o + 12, Math.min(0xffff, a.ackDelay))
+    out[o + 14] = n
+    o += 15
+    for (const x of a.needed) {
+      v.setUint16(o, x)
+      o += 2
+    }
+  }
+  if (b.symbol) {
+    const s = b.symbol
+    v.setUint32(o, s.block >>> 0)
+    v.setUint32(o + 4, s.blockBytes >>> 0)
+    out[o + 8] = (s.esi >>> 16) & 0xff
+    v.setUint16(o + 9, s.esi & 0xffff)
+    out.set(s.data, o + SYMBOL_HEADER_BYTES)
+  }
+  return out
+}
+
+/** Strict: bounds-checked, no trailing garbage in the ack, at most MAX_OPEN_BLOCKS entries. */
+export function decodeBody(bytes: Uint8Array): Body {
+  const bad = (why: string): never => {
+    throw new ProtocolError(ErrorCode.BAD_FRAME, `bad datagram body: ${why}`)
+  }
+  if (bytes.length < FIXED_BODY_BYTES) bad('too short')
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  const flags = bytes[0]!
+  if (flags & ~0x0f) bad('unknown flags')
+  const body: Body = { flags, instance: v.getUint32(1), sendBase: v.getUint32(5) }
+  let o = FIXED_BODY_BYTES
+  if (flags & Flag.ACK) {
+    if (bytes.length < o + 15) bad('ack cut short')
+    const n = bytes[o + 14]!
+    if (n > MAX_OPEN_BLOCKS) bad(`ack lists ${n} blocks`)
+    if (bytes.length < o + 15 + 2 * n) bad('ack cut short')
+    const needed: number[] = []
+    for (let i = 0; i < n; i++) needed.push(v.getUint16(o + 15 + 2 * i))
+    body.ack = { recvBase: v.getUint32(o), received: v.getUint32(o + 4), largestPn: v.getUint32(o + 8), ackDelay: v.getUint16(o + 12), needed }
+    o += 15 + 2 * n
+  }
+  if (flags & Flag.SYMBOL) {
+    if (bytes.length <= o + SYMBOL_HEADER_BYTES) bad('symbol cut short')
+    const data = bytes.subarray(o + SYMBOL_HEADER_BYTES)
+    const blockBytes = v.getUint32(o + 4)
+    if (blockBytes === 0 || blockBytes > MAX_BLOCK_SYMBOLS * data.length) bad(`block of ${blockBytes} bytes in ${data.length}-byte symbols`)
+    body.symbol = { block: v.getUint32(o), blockBytes, esi: (bytes[o + 8]! << 16) | v.getUint16(o + 9), data }
+  } else if (o !== bytes.length) bad('trailing bytes')
+  return body
+}
+
+/**
+ * The smallest number of sends m with P(Binomial(m, q) ≥ need) ≥ confidence.
+ * Cached: needs are at most MAX_BLOCK_SYMBOLS and q is bucketed to 1/100.
+ */
+const sendsCache = new Map<number, number>()
+export function sendsFor(need: number, q: number, confidence: number): number {
+  if (need <= 0) return 0
+  const qb = Math.max(1, Math.min(100, Math.round(q * 100)))
+  const key = (need * 101 + qb) * 2 + (confidence >= 0.9 ? 1 : 0)
+  let m = sendsCache.get(key)
+  if (m !== undefined) return m
+  const qq = qb / 100
+  if (qq >= 1) m = need
+  else {
+    const lq = Math.log(qq)
+    const lp = Math.log(1 - qq)
+    m = Math.max(need, Math.floor(need / qq - 3 * Math.sqrt(need) / qq))
+    for (; ; m++) {
+      // P(X < need) for X ~ Bin(m, q), summed in log space.
+      let below = 0
+      let logC = 0 // log C(m, 0)
+      for (let i = 0; i < need; i++) {
+        below += Math.exp(logC + i * lq + (m - i) * lp)
+        logC += Math.log((m - i) / (i + 1))
+      }
+      if (1 - below >= confidence) break
+    }
+  }
+  sendsCache.set(key, m)
+  return m
+}
+
+interface InFlight {
+  pn: number
+  at: number
+}
+
+interface OutBlock {
+  id: number
+  enc: BlockEncoder
+  bytes: number
+  nextEsi: number
+  /** Symbols the receiver still needs, as of its last ack. */
+  needed: number
+  /** Symbols sent since the last ack that covers them. */
+  inflight: InFlight[]
+}
+
+export interface DatagramSessionOptions {
+  env: Env
+  /** Put one packet on the wire: seal `body` under packet number `pn`. */
+  transmit(pn: number, body: Uint8Array): void
+  /** Bytes a packet adds around its body (clear header + AEAD tag). */
+  packetOverhead: number
+  mtu?: number
+  rateKbps?: number
+  /** The largest frame the peer may send. */
+  maxFrameBytes: number
+  onFrame(frame: Uint8Array): void
+  onClose(reason: string): void
+  /**
+   * The client's end: until the peer is heard from, say so with empty
+   * packets when there is no data to carry the news (a relay learns of a
+   * connection only from its packets, and its HELLO must not wait for the
+   * client's first frame).
+   */
+  opener?: boolean
+}
+
+export interface DatagramStats {
+  packetsSent: number
+  packetsReceived: number
+  symbolsSent: number
+  bytesSent: number
+  loss: number
+  rttMs: number | undefined
+}
+
+export class DatagramSession {
+  readonly symbolSize: number
+  private readonly env: Env
+  private readonly rateKbps: number
+  private readonly instance: number
+  private peerInstance: number | undefined
+  private nextPn: number
+  private closed = false
+  private timer: TimerHandle | undefined
+  private timerAt = Number.POSITIVE_INFINITY
+
+  // sending
+  private pending: Uint8Array[] = []
+  private pendingBytes = 0
+  private readonly out = new Map<number, OutBlock>()
+  private nextBlock = 0
+  private nextSendAt = 0
+  private readonly sentAt = new Map<number, number>()
+  private loss = INITIAL_LOSS
+  private srtt: number | undefined
+  private rttvar = 0
+  private lastAckPn = -1
+  private lossMark: { pn: number; received: number } | undefined
+  private lossSamples = 0
+
+  // receiving
+  private recvBase = 0
+  private readonly decoders = new Map<number, BlockDecoder>()
+  private readonly ready = new Map<number, Uint8Array>()
+  private stream: Uint8Array = new Uint8Array(0)
+  private received = 0
+  private largestPn = -1
+  private largestAt = 0
+  private firstPn = -1
+  private acksOwed = 0
+  private ackOwedSince: number | undefined
+  private lastHeardAt: number
+  private nextProbeAt = 0
+  private probesLeft = 0
+
+  readonly stats: DatagramStats = { packetsSent: 0, packetsReceived: 0, symbolsSent: 0, bytesSent: 0, loss: INITIAL_LOSS, rttMs: undefined }
+
+  constructor(private readonly o: DatagramSessionOptions) {
+    this.env = o.env
+    const mtu = o.mtu ?? DEFAULT_MTU
+    if (!(Number.isInteger(mtu) && mtu >= MIN_MTU && mtu <= MAX_MTU)) throw new RangeError(`mtu must be ${MIN_MTU}..${MAX_MTU}, got ${mtu}`)
+    this.symbolSize = mtu - o.packetOverhead - BODY_OVERHEAD_BYTES
+    this.rateKbps = o.rateKbps ?? DEFAULT_RATE_KBPS
+    if (!(this.rateKbps > 0)) throw new RangeError(`rate must be > 0 kbit/s, got ${this.rateKbps}`)
+    const r = new DataView(o.env.randomBytes(8).buffer)
+    this.instance = r.getUint32(0)
+    // Packet numbers start at a random point below 2³¹, so a relay that restarted never reuses a (key, number) pair.
+    this.nextPn = r.getUint32(4) >>> 1
+    this.lastHeardAt = this.now()
+    if (o.opener) this.armAt(this.lastHeardAt)
+  }
+
+  private probing(): boolean {
+    return this.o.opener === true && this.received === 0 && this.out.size === 0 && this.pendingBytes === 0
+  }
+
+  private now(): number {
+    return this.env.clock.now()
+  }
+
+  get isClosed(): boolean {
+    return this.closed
+  }
+
+  /** Queue one frame; it arrives whole, in order, once. */
+  send(frame: Uint8Array): void {
+    if (this.closed) return
+    const len = new Uint8Array(4)
+    new DataView(len.buffer).setUint32(0, frame.length)
+    this.pending.push(len, frame)
+    this.pendingBytes += 4 + frame.length
+    // Frames written in one go share a block: form it on the next turn, not now.
+    this.armAt(this.now())
+  }
+
+  /** Bytes queued or unacknowledged. */
+  get backlog(): number {
+    let n = this.pendingBytes
+    for (const b of this.out.values()) n += b.bytes
+    return n
+  }
+
+  /** Close: tell the peer (a few times, the packets may be lost) and stop. */
+  close(reason = 'closed'): void {
+    if (this.closed) return
+    for (let i = 0; i < 3; i++) this.transmitBody({ flags: Flag.CLOSE, instance: this.instance, sendBase: this.sendBase(), ack: this.ack() })
+    this.finish(reason)
+  }
+
+  /** Tell the peer this connection cannot go on, and stop. */
+  reset(reason: string): void {
+    if (this.closed) return
+    for (let i = 0; i < 3; i++) this.transmitBody({ flags: Flag.RESET, instance: this.instance, sendBase: this.sendBase() })
+    this.finish(reason)
+  }
+
+  /** Stop without a word to the peer (the process died, in the simulator). */
+  abort(reason: string): void {
+    if (!this.closed) this.finish(reason)
+  }
+
+  private finish(reason: string): void {
+    this.closed = true
+    if (this.timer !== undefined) this.env.timers.clearTimeout(this.timer)
+    this.timer = undefined
+    this.pending = []
+    this.out.clear()
+    this.decoders.clear()
+    this.ready.clear()
+    this.o.onClose(reason)
+  }
+
+  /** Feed the body of one authenticated packet. */
+  receive(pn: number, bytes: Uint8Array): void {
+    if (this.closed) return
+    let body: Body
+    try {
+      body = decodeBody(bytes)
+    } catch (err) {
+      this.reset((err as Error).message)
+      return
+    }
+    const now = this.now()
+    this.lastHeardAt = now
+    this.received++
+    this.stats.packetsReceived++
+    if (this.firstPn < 0 || pn < this.firstPn) this.firstPn = pn
+    if (pn > this.largestPn) {
+      this.largestPn = pn
+      this.largestAt = now
+    }
+    if (this.peerInstance === undefined) this.peerInstance = body.instance
+    else if (body.instance !== this.peerInstance) return this.finish('peer restarted')
+    if (body.flags & Flag.RESET) return this.finish('peer reset the connection')
+    if (body.ack) this.onAck(body.ack)
+    if (body.flags & Flag.CLOSE) return this.finish('closed by peer')
+    if (body.sendBase > this.recvBase) return this.reset('peer lost blocks it took as delivered')
+    if (body.symbol) {
+      try {
+        this.onSymbol(body.symbol)
+      } catch (err) {
+        this.reset((err as Error).message)
+        return
+      }
+    }
+    if (!this.closed) this.pump()
+  }
+
+  private onSymbol(s: NonNullable<Body['symbol']>): void {
+    this.owe(1)
+    if (s.block < this.recvBase || this.ready.has(s.block)) return // already have it: the ack owed says so
+    if (s.block >= this.recvBase + MAX_OPEN_BLOCKS) throw new ProtocolError(ErrorCode.BAD_FRAME, `block ${s.block} beyond the window at ${this.recvBase}`)
+    let dec = this.decoders.get(s.block)
+    const k = symbolsFor(s.blockBytes, s.data.length)
+    if (!dec) {
+      dec = new BlockDecoder(s.block, k, s.data.length)
+      this.decoders.set(s.block, dec)
+    } else if (dec.k !== k || dec.symbolSize !== s.data.length) {
+      throw new ProtocolError(ErrorCode.BAD_FRAME, `block ${s.block} changed shape`)
+    }
+    if (s.esi > MAX_SYMBOL_ID) return
+    dec.add(s.esi, s.data)
+    if (!dec.complete) return
+    this.decoders.delete(s.block)
+    this.ready.set(s.block, dec.data().subarray(0, s.blockBytes))
+    // A completed block is worth telling at once, more than once on a lossy reverse path.
+    this.owe(this.ackBurst() * ACK_EVERY)
+    this.deliver()
+  }
+
+  /**
+   * The loss rate to plan with. Until acks have measured the outgoing
+   * direction, the incoming one (gaps in the peer's packet numbers) is the
+   * best guess: a relay answering a client on a bad link learns how bad
+   * from the client's first few packets.
+   */
+  private plannedLoss(): number {
+    if (this.lossSamples > 0) return this.loss
+    const span = this.largestPn - this.firstPn + 1
+    if (this.firstPn < 0 || span < 4) return this.loss
+    return Math.min(MAX_LOSS_ESTIMATE, Math.max(this.loss, 1 - this.received / span))
+  }
+
+  private ackBurst(): number {
+    const p = this.plannedLoss()
+    return Math.min(MAX_ACK_BURST, Math.max(1, Math.ceil(Math.log(1 - ROUND_CONFIDENCE) / Math.log(Math.max(p, 0.01)))))
+  }
+
+  private owe(n: number): void {
+    if (this.acksOwed === 0) this.ackOwedSince = this.now()
+    this.acksOwed = Math.max(this.acksOwed, 0) + n
+  }
+
+  private deliver(): void {
+    while (this.ready.has(this.recvBase)) {
+      const data = this.ready.get(this.recvBase)!
+      this.ready.delete(this.recvBase)
+      this.recvBase++
+      const s = new Uint8Array(this.stream.length + data.length)
+      s.set(this.stream)
+      s.set(data, this.stream.length)
+      this.stream = s
+    }
+    let o = 0
+    const v = new DataView(this.stream.buffer, this.stream.byteOffset, this.stream.byteLength)
+    while (this.stream.length - o >= 4) {
+      const len = v.getUint32(o)
+      if (len > this.o.maxFrameBytes) throw new ProtocolError(ErrorCode.TOO_LARGE, `frame of ${len} bytes > ${this.o.maxFrameBytes}`)
+      if (this.stream.length - o - 4 < len) break
+      const frame = this.stream.slice(o + 4, o + 4 + len)
+      o += 4 + len
+      this.o.onFrame(frame)
+      if (this.closed) return
+    }
+    this.stream = this.stream.slice(o)
+  }
+
+  private onAck(a: Ack): void {
+    const now = this.now()
+    for (const id of [...this.out.keys()]) if (id < a.recvBase) this.out.delete(id)
+    if (a.largestPn <= this.lastAckPn && this.lastAckPn !== -1) return // an older ack, overtaken
+    this.lastAckPn = a.largestPn
+    const sent = this.sentAt.get(a.largestPn)
+    if (sent !== undefined) {
+      const sample = Math.max(1, now - sent - a.ackDelay)
+      if (this.srtt === undefined) {
+        this.srtt = sample
+        this.rttvar = sample / 2
+      } else {
+        this.rttvar = 0.75 * this.rttvar + 0.25 * Math.abs(this.srtt - sample)
+        this.srtt = 0.875 * this.srtt + 0.125 * sample
+      }
+      this.stats.rttMs = Math.round(this.srtt)
+    }
+    // Loss: packets the peer reports received against the numbers it could have seen.
+    if (!this.lossMark) this.lossMark = { pn: a.largestPn, received: a.received }
+    else {
+      const span = a.largestPn - this.lossMark.pn
+      if (span >= 16) {
+        const got = a.received - this.lossMark.received
+        const sample = Math.min(1, Math.max(0, 1 - got / span))
+        const w = Math.min(1, span / 64) * 0.5
+        this.loss = Math.min(MAX_LOSS_ESTIMATE, this.loss + w * (sample - this.loss))
+        this.lossSamples++
+        this.stats.loss = Math.round(this.loss * 1000) / 1000
+        this.lossMark = { pn: a.largestPn, received: a.received }
+      }
+    }
+    for (let i = 0; i < a.needed.length; i++) {
+      const b = this.out.get(a.recvBase + i)
+      if (!b) continue
+      const n = a.needed[i]!
+      if (n === 0) {
+        this.out.delete(b.id)
+        continue
+      }
+      b.needed = n === NOT_SEEN ? b.enc.k : Math.min(n, b.enc.k)
+      b.inflight = b.inflight.filter((f) => f.pn > a.largestPn)
+    }
+  }
+
+  private rto(now: number): number {
+    const base = this.srtt === undefined ? INITIAL_RTO_MS : Math.max(MIN_RTO_MS, this.srtt + 4 * this.rttvar + ACK_DELAY_MS)
+    // While the peer is silent, wait longer between rounds (a blackout is not cured by shouting).
+    const silence = now - this.lastHeardAt
+    return silence > 2 * base ? Math.min(MAX_SILENT_RTO_MS, Math.max(base, silence / 2)) : base
+  }
+
+  private sendBase(): number {
+    for (const id of this.out.keys()) return id
+    return this.nextBlock
+  }
+
+  private ack(): Ack | undefined {
+    if (this.largestPn < 0) return undefined
+    const needed: number[] = []
+    let last = -1
+    for (let i = 0; i < MAX_OPEN_BLOCKS; i++) {
+      const id = this.recvBase + i
+      const d = this.decoders.get(id)
+      const n = d ? d.needed : this.ready.has(id) ? 0 : NOT_SEEN
+      needed.push(n)
+      if (n !== NOT_SEEN) last = i
+    }
+    needed.length = last + 1
+    return { recvBase: this.recvBase, received: this.received, largestPn: this.largestPn, ackDelay: Math.max(0, Math.round(this.now() - this.largestAt)), needed }
+  }
+
+  private transmitBody(b: Body): number {
+    const pn = this.nextPn++
+    const bytes = encodeBody(b)
+    this.sentAt.set(pn, this.now())
+    if (this.sentAt.size > 4096) this.sentAt.delete(this.sentAt.keys().next().value!)
+    this.stats.packetsSent++
+    this.stats.bytesSent += bytes.length + this.o.packetOverhead
+    this.o.transmit(pn, bytes)
+    return bytes.length + this.o.packetOverhead + IP_UDP_BYTES
+  }
+
+  /** Symbols in flight not yet presumed lost. */
+  private live(b: OutBlock, now: number, rto: number): number {
+    let n = 0
+    for (const f of b.inflight) if (f.at + rto > now) n++
+    return n
+  }
+
+  private wants(b: OutBlock, now: number, rto: number, confidence: number): boolean {
+    const q = 1 - this.plannedLoss()
+    const need = confidence > 0.5 ? sendsFor(b.needed, q, confidence) : Math.ceil(b.needed / q)
+    return this.live(b, now, rto) < need
+  }
+
+  private formBlock(): OutBlock {
+    const max = MAX_BLOCK_SYMBOLS * this.symbolSize
+    const parts: Uint8Array[] = []
+    let size = 0
+    while (this.pending.length > 0 && size < max) {
+      const p = this.pending[0]!
+      const take = Math.min(p.length, max - size)
+      parts.push(take === p.length ? p : p.subarray(0, take))
+      if (take === p.length) this.pending.shift()
+      else this.pending[0] = p.subarray(take)
+      size += take
+    }
+    this.pendingBytes -= size
+    const data = new Uint8Array(size)
+    let o = 0
+    for (const p of parts) {
+      data.set(p, o)
+      o += p.length
+    }
+    const id = this.nextBlock++
+    const b: OutBlock = { id, enc: new BlockEncoder(id, data, this.symbolSize), bytes: size, nextEsi: 0, needed: 0, inflight: [] }
+    b.needed = b.enc.k
+    this.out.set(id, b)
+    return b
+  }
+
+  private pick(now: number, rto: number): OutBlock | undefined {
+    for (const b of this.out.values()) if (this.wants(b, now, rto, 0.5)) return b
+    if (this.pendingBytes > 0 && this.out.size < MAX_OPEN_BLOCKS) return this.formBlock()
+    // The link would idle: spend it on the open blocks' chances of decoding this round.
+    for (const b of this.out.values()) if (this.wants(b, now, rto, ROUND_CONFIDENCE)) return b
+    return undefined
+  }
+
+  private pump(): void {
+    if (this.closed) return
+    const now = this.now()
+    const rto = this.rto(now)
+    if ((this.out.size > 0 || this.pendingBytes > 0) && now - this.lastHeardAt > DEAD_AFTER_MS) {
+      this.finish(`no packet from the peer in ${DEAD_AFTER_MS / 1000} s`)
+      return
+    }
+    while (this.nextSendAt - now < 1) {
+      const b = this.pick(now, rto)
+      let bytes: number
+      if (b) {
+        const esi = b.nextEsi++
+        if (esi > MAX_SYMBOL_ID) return this.reset('block needed more symbols than a block can have')
+        b.inflight.push({ pn: this.nextPn, at: now })
+        this.stats.symbolsSent++
+        bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: this.sendBase(), ack: this.ack(), symbol: { block: b.id, blockBytes: b.bytes, esi, data: b.enc.symbol(esi) } })
+        this.acksOwed = Math.max(0, this.acksOwed - ACK_EVERY)
+      } else if (this.probing() && now >= this.nextProbeAt) {
+        bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: 0 })
+        // A few at once (any one will do), then again a timeout later.
+        if (this.probesLeft <= 0) this.probesLeft = this.ackBurst()
+        if (--this.probesLeft === 0) this.nextProbeAt = now + rto
+      } else if (this.acksOwed >= ACK_EVERY || (this.acksOwed > 0 && now - (this.ackOwedSince ?? now) >= ACK_DELAY_MS)) {
+        bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: this.sendBase(), ack: this.ack() })
+        this.acksOwed = Math.max(0, this.acksOwed - ACK_EVERY)
+        if (this.acksOwed > 0) this.ackOwedSince = now
+      } else break
+      this.nextSendAt = Math.max(this.nextSendAt, now) + (bytes * 8) / this.rateKbps
+    }
+    this.armAt(this.nextDeadline(now, rto))
+  }
+
+  private nextDeadline(now: number, rto: number): number {
+    let next = Number.POSITIVE_INFINITY
+    if (this.pendingBytes > 0 || this.acksOwed >= ACK_EVERY) next = this.nextSendAt
+    if (this.acksOwed > 0) next = Math.min(next, Math.max(this.nextSendAt, (this.ackOwedSince ?? now) + ACK_DELAY_MS))
+    for (const b of this.out.values()) {
+      // When a symbol in flight will be presumed lost, the block may want more.
+      let earliest = Number.POSITIVE_INFINITY
+      for (const f of b.inflight) if (f.at + rto > now) earliest = Math.min(earliest, f.at + rto)
+      next = Math.min(next, this.wants(b, now, rto, ROUND_CONFIDENCE) ? this.nextSendAt : earliest)
+    }
+    if (this.out.size > 0 || this.pendingBytes > 0) next = Math.min(next, this.lastHeardAt + DEAD_AFTER_MS + 1)
+    if (this.probing()) next = Math.min(next, Math.max(this.nextSendAt, this.nextProbeAt))
+    return next
+  }
+
+  private armAt(t: number): void {
+    if (this.closed || !Number.isFinite(t)) return
+    const now = this.now()
+    if (this.timer !== undefined && this.timerAt <= t) return
+    if (this.timer !== undefined) this.env.timers.clearTimeout(this.timer)
+    this.timerAt = t
+    this.timer = this.env.timers.setTimeout(() => {
+      this.timer = undefined
+      this.timerAt = Number.POSITIVE_INFINITY
+      try {
+        this.pump()
+      } catch (err) {
+        this.reset((err as Error).message)
+      }
+    }, Math.max(0, Math.ceil(t - now)))
+  }
+}

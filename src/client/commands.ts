@@ -11,8 +11,9 @@ import { initHome, loadIdentity, resolveHome } from './identity.js'
 import { printable, printableLine, shortAddress } from './printable.js'
 import { LiveLine } from './progress.js'
 import { runSync } from './sync-driver.js'
+import { datagramOptions } from '../protocol/udp-url.js'
 import type { SyncEvent } from './sync-engine.js'
-import { parseRelayUrl } from './ws-transport.js'
+import { connectRelay, parseRelayUrl } from './transports.js'
 
 type Out = (line: string) => void
 const stdout: Out = (line) => process.stdout.write(line + '\n')
@@ -71,11 +72,12 @@ export async function cmdSend(
 }
 
 export async function cmdSync(
-  opts: { home?: string; relay?: string[]; untilEmpty?: boolean; timeout?: string; json?: boolean },
+  opts: { home?: string; relay?: string[]; untilEmpty?: boolean; timeout?: string; json?: boolean; rate?: string; mtu?: string },
   out: Out = stdout,
 ): Promise<number> {
   const relays = [...new Set((opts.relay ?? []).map(parseRelayUrl))]
-  if (relays.length === 0) throw new InputError('no relay given: use --relay ws://host:port (may be repeated)')
+  if (relays.length === 0) throw new InputError('no relay given: use --relay ws://host:port or udp://host:port?key=… (may be repeated)')
+  const datagram = datagramOptions(opts)
   const timeoutMs = opts.timeout !== undefined ? parseDuration(opts.timeout) : undefined
   const home = await openHome(resolveHome(opts.home))
   const live = new LiveLine()
@@ -128,6 +130,7 @@ export async function cmdSync(
     process.once('SIGTERM', onSignal)
     const report = await runSync(home.context(onEvent), {
       relays,
+      connect: (url) => connectRelay(url, datagram),
       untilEmpty: Boolean(opts.untilEmpty),
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
       signal: ac.signal,

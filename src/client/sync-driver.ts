@@ -1,6 +1,6 @@
 /**
  * The sync driver: the real-world side of a sync. For each relay it runs
- * two SyncSessions on two WebSockets: an upload session that never
+ * two SyncSessions on two connections (WebSocket or datagram, by URL): an upload session that never
  * identifies itself, and a mailbox session that logs in and fetches (so a
  * relay cannot tie what a user sends to who the user is). When a link
  * fails it tries again forever (p-retry, full-jitter backoff) until the
@@ -11,7 +11,8 @@ import type { Timers } from '../protocol/env.js'
 import { ChaparError, ErrorCode } from '../protocol/errors.js'
 import { fullJitterDelay } from './backoff.js'
 import { type ClientContext, type SessionResult, type SessionRole, SyncSession } from './sync-engine.js'
-import { connectWs, type WsConnection } from './ws-transport.js'
+import { connectRelay } from './transports.js'
+import type { WsConnection } from './ws-transport.js'
 
 export interface SyncOptions {
   relays: string[]
@@ -103,7 +104,7 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
   const timer = options.timeoutMs !== undefined ? timers.setTimeout(() => controller.abort(timeoutError), options.timeoutMs) : undefined
   const onOuterAbort = (): void => controller.abort(options.signal?.reason)
   options.signal?.addEventListener('abort', onOuterAbort, { once: true })
-  const connect = options.connect ?? ((url: string) => connectWs(url))
+  const connect = options.connect ?? ((url: string) => connectRelay(url))
   const random = options.random ?? Math.random
 
   /** One role's connection to one relay, retried until it ends cleanly. */

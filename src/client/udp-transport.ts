@@ -10,47 +10,14 @@
  */
 import dgram from 'node:dgram'
 import { isIPv6 } from 'node:net'
+import { type DatagramTuning, parseUdpUrl } from '../protocol/udp-url.js'
 import { AEAD_TAG_BYTES, CLIENT_HEADER_BYTES, CLIENT_TAG, clientKeys, openPacket, peekHeader, RELAY_TAG, sealPacket } from '../protocol/datagram-crypto.js'
 import { DatagramSession, DEFAULT_MTU, DEFAULT_RATE_KBPS, type DatagramStats } from '../protocol/datagram-session.js'
 import { type Env, systemEnv } from '../protocol/env.js'
-import { InputError } from '../protocol/errors.js'
 import { MAX_FRAME_BYTES } from '../protocol/frames.js'
 import { FrameHandoff, type WsConnection } from './ws-transport.js'
 
-export interface UdpRelayAddress {
-  host: string
-  port: number
-  /** The relay's static X25519 public key. */
-  key: Uint8Array
-}
-
-/** Parse udp://host:port?key=…; one-line error otherwise. */
-export function parseUdpUrl(s: string): UdpRelayAddress {
-  let u: URL
-  try {
-    u = new URL(s)
-  } catch {
-    throw new InputError(`relay "${s}" is not a URL; expected udp://host:port?key=…`)
-  }
-  if (u.protocol !== 'udp:') throw new InputError(`relay "${s}" is not a udp:// URL`)
-  const port = Number(u.port)
-  if (u.hostname === '' || u.port === '' || !(port > 0 && port < 65536)) throw new InputError(`relay "${s}" needs a host and port: udp://host:port?key=…`)
-  const k = u.searchParams.get('key')
-  if (!k) throw new InputError(`relay "${s}" needs the relay's key: udp://host:port?key=… (printed by \`chapar relay --udp-port\`)`)
-  const key = new Uint8Array(Buffer.from(k, 'base64url'))
-  if (key.length !== 32 || Buffer.from(key).toString('base64url') !== k) throw new InputError(`relay "${s}": key must be 32 bytes in base64url (43 characters)`)
-  const host = u.hostname.startsWith('[') ? u.hostname.slice(1, -1) : u.hostname
-  return { host, port, key }
-}
-
-export function formatUdpUrl(host: string, port: number, key: Uint8Array): string {
-  const h = isIPv6(host) ? `[${host}]` : host
-  return `udp://${h}:${port}?key=${Buffer.from(key).toString('base64url')}`
-}
-
-export interface DatagramOptions {
-  mtu?: number
-  rateKbps?: number
+export interface DatagramOptions extends DatagramTuning {
   /** Called once when the connection ends, after the engine has been told. */
   onClosed?: () => void
 }

@@ -1,0 +1,23 @@
+/**
+ * Which transport a relay URL names: ws:// and wss:// go over WebSocket,
+ * udp:// over the coded datagram transport. The sync driver and the CLI
+ * see only this.
+ */
+import { InputError } from '../protocol/errors.js'
+import { formatUdpUrl, parseUdpUrl } from '../protocol/udp-url.js'
+import { connectUdp, type DatagramOptions } from './udp-transport.js'
+import { connectWs, parseRelayUrl as parseWsUrl, type WsConnection } from './ws-transport.js'
+
+/** Validate and normalise a relay URL; a one-line InputError otherwise. */
+export function parseRelayUrl(s: string): string {
+  if (/^udp:/i.test(s.trim())) {
+    const a = parseUdpUrl(s.trim())
+    return formatUdpUrl(a.host, a.port, a.key)
+  }
+  if (/^wss?:/i.test(s.trim())) return parseWsUrl(s.trim())
+  throw new InputError(`relay "${s}" must be a ws://, wss:// or udp:// URL`)
+}
+
+export function connectRelay(url: string, datagram: DatagramOptions = {}): Promise<WsConnection> {
+  return /^udp:/i.test(url) ? connectUdp(url, datagram) : connectWs(url)
+}

@@ -124,7 +124,7 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
             conn.link.close('aborted')
             throw signal.reason
           }
-          const s = new SyncSession(ctx, relay, conn.link, { role, untilEmpty: options.untilEmpty, reliable: conn.reliable ?? false })
+          const s = new SyncSession(ctx, relay, conn.link, { role, untilEmpty: options.untilEmpty, reliable: conn.reliable ?? false, transportTimeouts: conn.transportTimeouts ?? false })
           session = s
           conn.onFrame((f) => s.receive(f))
           conn.onClose((reason) => s.closed(reason))

@@ -126,6 +126,12 @@ export interface SessionOptions {
    * timeout alone tells a dead link. Default false: a lossy frame link.
    */
   reliable?: boolean
+  /**
+   * The transport tells a dead peer from a slow one itself and closes the
+   * link (the datagram transport, which rides out blackouts on one
+   * connection): the engine then sets no HELLO or idle limit of its own.
+   */
+  transportTimeouts?: boolean
 }
 
 export interface SessionResult {
@@ -288,11 +294,12 @@ export class SyncSession {
     const at = (t: number | undefined): void => {
       if (t !== undefined && t < next) next = t
     }
-    if (!this.helloSeen) at(this.startedAt + HELLO_TIMEOUT_MS)
+    const own = !this.options.transportTimeouts
+    if (own && !this.helloSeen) at(this.startedAt + HELLO_TIMEOUT_MS)
     const awaitingAuth = this.options.role === 'mailbox' && this.helloSeen && !this.authed
     const resend = !this.options.reliable
     if (resend && awaitingAuth && this.authSentAt !== undefined) at(this.authSentAt + RESEND_AFTER_MS)
-    if (this.outstanding()) at(this.lastFrameAt + IDLE_TIMEOUT_MS)
+    if (own && this.outstanding()) at(this.lastFrameAt + IDLE_TIMEOUT_MS)
     for (const u of this.uploads.values()) {
       if (resend && u.queriedAt !== undefined) at(u.queriedAt + RESEND_AFTER_MS)
       if (resend) for (const t of u.sent.values()) at(t + RESEND_AFTER_MS)
@@ -802,7 +809,8 @@ export class SyncSession {
 
   private async onTick(): Promise<void> {
     const now = this.now()
-    if (!this.helloSeen && now - this.startedAt > HELLO_TIMEOUT_MS) {
+    const own = !this.options.transportTimeouts
+    if (own && !this.helloSeen && now - this.startedAt > HELLO_TIMEOUT_MS) {
       throw new ChaparError(ErrorCode.TIMEOUT, `no HELLO from ${this.relay} in ${HELLO_TIMEOUT_MS / 1000}s`)
     }
     const awaitingAuth = this.options.role === 'mailbox' && this.helloSeen && !this.authed
@@ -810,7 +818,7 @@ export class SyncSession {
     if (!outstanding) this.quiet = true
     const resend = !this.options.reliable
     if (resend && awaitingAuth && this.authSentAt !== undefined && now - this.authSentAt > RESEND_AFTER_MS) this.sendAuth()
-    if (outstanding && now - this.lastFrameAt > IDLE_TIMEOUT_MS) {
+    if (own && outstanding && now - this.lastFrameAt > IDLE_TIMEOUT_MS) {
       throw new ChaparError(ErrorCode.TIMEOUT, `no answer from ${this.relay} in ${IDLE_TIMEOUT_MS / 1000}s`)
     }
     if (resend) {

@@ -53,6 +53,7 @@ export function clientDatagramConnection(env: Env, relayKey: Uint8Array, transmi
   return {
     conn: {
       reliable: true,
+      transportTimeouts: true,
       link: { send: (frame) => session.send(frame), close: (reason) => session.close(reason) },
       onFrame: handoff.onFrame,
       onClose: handoff.onClose,

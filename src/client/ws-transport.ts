@@ -31,6 +31,8 @@ export interface WsConnection {
   link: Link
   /** Frames arrive in order or the connection dies (true for WebSocket). */
   reliable?: boolean
+  /** The transport closes the link when the peer is gone; the engine keeps no timeouts of its own (see SessionOptions). */
+  transportTimeouts?: boolean
   onFrame(fn: (frame: Uint8Array) => void): void
   onClose(fn: (reason: string) => void): void
 }

@@ -55,8 +55,13 @@ export const INITIAL_RTO_MS = 1000
 export const MIN_RTO_MS = 100
 /** The longest wait between rounds while the peer is silent. */
 export const MAX_SILENT_RTO_MS = 30_000
-/** No packet from the peer for this long while data waits: the connection is dead. */
-export const DEAD_AFTER_MS = 60_000
+/**
+ * No packet from the peer for this long while data waits: the connection
+ * is dead. Long, because a connection costs nothing while the link is down:
+ * it probes now and then (see `silent`), and carries on where it stopped
+ * when a window opens, with no reconnect to pay for.
+ */
+export const DEAD_AFTER_MS = 20 * 60_000
 /** Chance of decoding a round aims for when the link would otherwise idle. */
 export const ROUND_CONFIDENCE = 0.95
 /** Standalone acks: one per this many packets received, if no data carries one. */
@@ -290,8 +295,20 @@ export class DatagramSession {
     if (o.opener) this.armAt(this.lastHeardAt)
   }
 
+  /** An opener with nothing to send that has not heard from the peer yet. */
   private probing(): boolean {
     return this.o.opener === true && this.received === 0 && this.out.size === 0 && this.pendingBytes === 0
+  }
+
+  /**
+   * Data waits and the peer has said nothing for two timeouts: the link is
+   * likely down (a blackout). Rather than send every block's repair into
+   * the void each round, send a few probe packets (symbols of the oldest
+   * block, useful if they arrive) per stretched timeout, and go back to
+   * full speed at the first packet heard.
+   */
+  private silent(now: number): boolean {
+    return this.out.size > 0 && now - this.lastHeardAt > 2 * this.baseRto()
   }
 
   private now(): number {
@@ -499,8 +516,12 @@ export class DatagramSession {
     }
   }
 
+  private baseRto(): number {
+    return this.srtt === undefined ? INITIAL_RTO_MS : Math.max(MIN_RTO_MS, this.srtt + 4 * this.rttvar + ACK_DELAY_MS)
+  }
+
   private rto(now: number): number {
-    const base = this.srtt === undefined ? INITIAL_RTO_MS : Math.max(MIN_RTO_MS, this.srtt + 4 * this.rttvar + ACK_DELAY_MS)
+    const base = this.baseRto()
     // While the peer is silent, wait longer between rounds (a blackout is not cured by shouting).
     const silence = now - this.lastHeardAt
     return silence > 2 * base ? Math.min(MAX_SILENT_RTO_MS, Math.max(base, silence / 2)) : base
@@ -592,9 +613,27 @@ export class DatagramSession {
       this.finish(`no packet from the peer in ${DEAD_AFTER_MS / 1000} s`)
       return
     }
+    const quiet = this.silent(now) || this.probing()
     while (this.nextSendAt - now < 1) {
-      const b = this.pick(now, rto)
       let bytes: number
+      if (quiet) {
+        if (now < this.nextProbeAt) break
+        // A few at once (any one will do), then again a timeout later.
+        const first = this.out.values().next().value
+        if (first) {
+          const esi = first.nextEsi++
+          first.inflight.push({ pn: this.nextPn, at: now })
+          this.stats.symbolsSent++
+          bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: this.sendBase(), ack: this.ack(), symbol: { block: first.id, blockBytes: first.bytes, esi, data: first.enc.symbol(esi) } })
+        } else {
+          bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: 0 })
+        }
+        if (this.probesLeft <= 0) this.probesLeft = this.ackBurst()
+        if (--this.probesLeft === 0) this.nextProbeAt = now + rto
+        this.nextSendAt = Math.max(this.nextSendAt, now) + (bytes * 8) / this.rateKbps
+        continue
+      }
+      const b = this.pick(now, rto)
       if (b) {
         const esi = b.nextEsi++
         if (esi > MAX_SYMBOL_ID) return this.reset('block needed more symbols than a block can have')
@@ -602,11 +641,6 @@ export class DatagramSession {
         this.stats.symbolsSent++
         bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: this.sendBase(), ack: this.ack(), symbol: { block: b.id, blockBytes: b.bytes, esi, data: b.enc.symbol(esi) } })
         this.acksOwed = Math.max(0, this.acksOwed - ACK_EVERY)
-      } else if (this.probing() && now >= this.nextProbeAt) {
-        bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: 0 })
-        // A few at once (any one will do), then again a timeout later.
-        if (this.probesLeft <= 0) this.probesLeft = this.ackBurst()
-        if (--this.probesLeft === 0) this.nextProbeAt = now + rto
       } else if (this.acksOwed >= ACK_EVERY || (this.acksOwed > 0 && now - (this.ackOwedSince ?? now) >= ACK_DELAY_MS)) {
         bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: this.sendBase(), ack: this.ack() })
         this.acksOwed = Math.max(0, this.acksOwed - ACK_EVERY)
@@ -628,7 +662,11 @@ export class DatagramSession {
       next = Math.min(next, this.wants(b, now, rto, ROUND_CONFIDENCE) ? this.nextSendAt : earliest)
     }
     if (this.out.size > 0 || this.pendingBytes > 0) next = Math.min(next, this.lastHeardAt + DEAD_AFTER_MS + 1)
-    if (this.probing()) next = Math.min(next, Math.max(this.nextSendAt, this.nextProbeAt))
+    if (this.silent(now) || this.probing()) {
+      // Only probes go out now; the next is due at nextProbeAt (acks owed still count).
+      next = Math.min(this.acksOwed > 0 ? next : Number.POSITIVE_INFINITY, Math.max(this.nextSendAt, this.nextProbeAt))
+      if (this.out.size > 0) next = Math.min(next, this.lastHeardAt + DEAD_AFTER_MS + 1)
+    }
     return next
   }
 

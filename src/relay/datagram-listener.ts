@@ -21,8 +21,8 @@ import type { Relay, RelaySession } from './relay-engine.js'
 
 /** Sessions at most; a packet that would open one more is dropped. */
 export const MAX_SESSIONS = 4096
-/** A session silent this long is forgotten (its client has long timed out). */
-export const SESSION_IDLE_MS = 10 * 60_000
+/** A session silent this long is forgotten (longer than a client waits: DEAD_AFTER_MS). */
+export const SESSION_IDLE_MS = 30 * 60_000
 const SWEEP_MS = 30_000
 
 interface Entry<A> {

@@ -345,7 +345,20 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
   // capacity_ratio's denominator: the time each field link was up while one
   // of its transfers was under way (first PUT → last acceptance), counting
   // overlapping transfers on one link once.
+  // Milliseconds of up time, each weighted by the fraction of packets the
+  // link carried then (1 − p(t)): loss that varies is integrated, not averaged.
   let upMs = 0
+  const vary = o.lossVary ? varyingLoss(o.lossVary) : undefined
+  const goodMs = (schedule: Schedule, a: number, b: number): number => {
+    if (!vary) return schedule.upTime(a, b) * (1 - o.loss)
+    let sum = 0
+    const step = Math.max(1, Math.min(1000, (b - a) / 100))
+    for (let t = a; t < b; t += step) {
+      const e = Math.min(b, t + step)
+      sum += schedule.upTime(t, e) * (1 - vary((t + e) / 2))
+    }
+    return sum
+  }
   let acceptedBits = 0
   const spans = new Map<Host, Array<[number, number]>>()
   for (const [id, end] of lastAcceptedAt) {
@@ -364,13 +377,13 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
     for (const [a, b] of list) {
       if (cur && a <= cur[1]) cur[1] = Math.max(cur[1], b)
       else {
-        if (cur) upMs += c.schedule.upTime(cur[0], cur[1])
+        if (cur) upMs += goodMs(c.schedule, cur[0], cur[1])
         cur = [a, b]
       }
     }
-    if (cur) upMs += c.schedule.upTime(cur[0], cur[1])
+    if (cur) upMs += goodMs(c.schedule, cur[0], cur[1])
   }
-  const possibleBits = o.bandwidthKbps * (1 - meanLoss(o)) * upMs // kbit/s × ms = bits
+  const possibleBits = o.bandwidthKbps * upMs // kbit/s × ms = bits
   const capacity = possibleBits > 0 ? acceptedBits / possibleBits : 0
   const result: SimResult = {
     sent,

@@ -1,0 +1,738 @@
+/**
+ * DatagramSession end to end: two sessions back to back over a small link
+ * model on virtual time (Bernoulli loss from a seeded PRNG, one-way delay,
+ * jitter that reorders, duplication, and blackout windows that drop every
+ * packet one way). Frames must arrive whole, once and in order whatever the
+ * link does; lost acks cost time, never a stall; the pace and the coding
+ * overhead stay within their budgets; and the same seed gives the same run.
+ * Also: the body codec, sendsFor against a brute-force binomial, RESET on a
+ * peer that lost blocks, CLOSE, and the receiver's frame-size limit.
+ */
+import fc from 'fast-check'
+import { describe, expect, it } from 'vitest'
+import { AEAD_TAG_BYTES, CLIENT_HEADER_BYTES, CLIENT_TAG, clientKeys, openPacket, peekHeader, RELAY_TAG, relayKeys, sealPacket } from '../../src/protocol/datagram-crypto.js'
+import { boxPublicKey } from '../../src/protocol/box.js'
+import {
+  BODY_OVERHEAD_BYTES,
+  type Body,
+  DatagramSession,
+  decodeBody,
+  encodeBody,
+  IP_UDP_BYTES,
+  MAX_OPEN_BLOCKS,
+  ROUND_CONFIDENCE,
+  sendsFor,
+} from '../../src/protocol/datagram-session.js'
+import { ProtocolError } from '../../src/protocol/errors.js'
+import { MAX_BLOCK_SYMBOLS } from '../../src/protocol/rlnc.js'
+import { Rng } from '../../src/sim/rng.js'
+import { EPOCH_MS, Scheduler } from '../../src/sim/scheduler.js'
+
+const OVERHEAD = CLIENT_HEADER_BYTES + AEAD_TAG_BYTES // 37 + 16
+const MAX_FRAME = 65_000
+const MB = 1 << 20
+
+// ---------------------------------------------------------------------------
+// The link model
+// ---------------------------------------------------------------------------
+
+interface DirSpec {
+  /** Bernoulli loss probability. */
+  loss: number
+  /** One-way delay, ms. */
+  delayMs: number
+  /** Extra delay uniform in [0, jitterMs): packets overtake each other. */
+  jitterMs: number
+  /** Probability that a packet that got through arrives a second time (with its own delay). */
+  dup: number
+  /** [from, to) windows of virtual ms since EPOCH_MS in which every packet this way is dropped. */
+  blackouts: Array<[number, number]>
+}
+
+type Deliver = (pn: number, body: Uint8Array) => void
+
+interface Sent {
+  at: number
+  pn: number
+  body: Uint8Array
+}
+
+/** One direction of the link. */
+class OneWay {
+  readonly spec: DirSpec
+  readonly log: Sent[] = []
+  sent = 0
+  dropped = 0
+  deliveries = 0
+
+  constructor(
+    private readonly sched: Scheduler,
+    private readonly rng: Rng,
+    spec: Partial<DirSpec>,
+    private readonly deliver: () => Deliver,
+    private readonly keepLog = false,
+  ) {
+    this.spec = { loss: 0, delayMs: 25, jitterMs: 0, dup: 0, blackouts: [], ...spec }
+  }
+
+  send(pn: number, body: Uint8Array): void {
+    this.sent++
+    const t = this.sched.elapsed
+    if (this.keepLog) this.log.push({ at: t, pn, body: body.slice() })
+    // Always draw the same number of random numbers per packet, so one knob does not shift the others' draws.
+    const lost = this.rng.next() < this.spec.loss
+    const d1 = this.rng.next()
+    const dup = this.rng.next() < this.spec.dup
+    const d2 = this.rng.next()
+    if (lost || this.spec.blackouts.some(([a, b]) => t >= a && t < b)) {
+      this.dropped++
+      return
+    }
+    const copy = body.slice()
+    this.schedule(this.spec.delayMs + d1 * this.spec.jitterMs, pn, copy)
+    if (dup) this.schedule(this.spec.delayMs + d2 * this.spec.jitterMs, pn, copy.slice())
+  }
+
+  private schedule(delay: number, pn: number, body: Uint8Array): void {
+    this.sched.at(
+      this.sched.now + delay,
+      () => {
+        this.deliveries++
+        this.deliver()(pn, body)
+      },
+      true,
+    )
+  }
+}
+
+interface End {
+  session: DatagramSession
+  frames: Uint8Array[]
+  closes: string[]
+  /** Virtual ms (since EPOCH_MS) at which each frame arrived. */
+  frameAt: number[]
+}
+
+interface PairOptions {
+  seed?: number
+  /** Both directions, overridden by ab / ba. */
+  link?: Partial<DirSpec>
+  ab?: Partial<DirSpec>
+  ba?: Partial<DirSpec>
+  rateKbps?: number
+  mtu?: number
+  /** The largest frame each end accepts. */
+  maxFrameBytes?: number
+  keepLog?: boolean
+}
+
+interface Pair {
+  sched: Scheduler
+  a: End
+  b: End
+  ab: OneWay
+  ba: OneWay
+  /** Replace b by a fresh session (a restart that lost everything), wired to the same link. */
+  restartB(): End
+}
+
+function makePair(o: PairOptions = {}): Pair {
+  const sched = new Scheduler(o.seed ?? 1)
+  const linkRng = sched.rng.fork('link')
+  const ends: { a?: End; b?: End } = {}
+  const ab = new OneWay(sched, linkRng.fork('ab'), { ...o.link, ...o.ab }, () => (pn, body) => ends.b!.session.receive(pn, body), o.keepLog)
+  const ba = new OneWay(sched, linkRng.fork('ba'), { ...o.link, ...o.ba }, () => (pn, body) => ends.a!.session.receive(pn, body), o.keepLog)
+  const end = (way: OneWay, opener: boolean): End => {
+    const e: End = { frames: [], closes: [], frameAt: [], session: undefined as unknown as DatagramSession }
+    e.session = new DatagramSession({
+      env: sched,
+      transmit: (pn, body) => way.send(pn, body),
+      packetOverhead: OVERHEAD,
+      mtu: o.mtu,
+      rateKbps: o.rateKbps,
+      maxFrameBytes: o.maxFrameBytes ?? MAX_FRAME,
+      onFrame: (f) => {
+        e.frames.push(f)
+        e.frameAt.push(sched.elapsed)
+      },
+      onClose: (r) => e.closes.push(r),
+      opener,
+    })
+    return e
+  }
+  ends.a = end(ab, true)
+  ends.b = end(ba, false)
+  return {
+    sched,
+    a: ends.a,
+    b: ends.b,
+    ab,
+    ba,
+    restartB: () => (ends.b = end(ba, false)),
+  }
+}
+
+/** Deterministic frame contents. */
+function frame(size: number, seed: number): Uint8Array {
+  return new Rng(seed * 7919 + size).bytes(size)
+}
+
+/** 20 frames, 1 … MAX_FRAME bytes, boundary sizes included. */
+function mixedFrames(seed: number, n = 20): Uint8Array[] {
+  const r = new Rng(seed)
+  const fixed = [1, MAX_FRAME, 2, 1000, MAX_FRAME - 1, 3]
+  const out: Uint8Array[] = []
+  for (let i = 0; i < n; i++) {
+    const size = i < fixed.length ? fixed[i]! : r.next() < 0.3 ? 1 + r.int(64) : 1 + r.int(MAX_FRAME)
+    out.push(frame(size, seed * 1000 + i))
+  }
+  return out
+}
+
+/** Frames making up `total` bytes of payload, each at most MAX_FRAME. */
+function bulkFrames(total: number, seed: number): Uint8Array[] {
+  const out: Uint8Array[] = []
+  for (let left = total, i = 0; left > 0; i++) {
+    const n = Math.min(MAX_FRAME, left)
+    out.push(frame(n, seed * 1000 + i))
+    left -= n
+  }
+  return out
+}
+
+function expectFrames(got: Uint8Array[], want: Uint8Array[], label = ''): void {
+  const firstBad = got.findIndex((f, i) => i >= want.length || !Buffer.from(f).equals(Buffer.from(want[i]!)))
+  expect(firstBad, `${label}: first frame out of place`).toBe(-1)
+  expect(got.length, `${label}: frames delivered`).toBe(want.length)
+}
+
+const streamBytes = (frames: Uint8Array[]): number => frames.reduce((n, f) => n + 4 + f.length, 0)
+
+async function runUntil(p: Pair, done: () => boolean, maxMs: number): Promise<void> {
+  await p.sched.run(EPOCH_MS + maxMs, { stop: done })
+}
+
+// ---------------------------------------------------------------------------
+// Transfers over the link
+// ---------------------------------------------------------------------------
+
+describe('DatagramSession: frames arrive whole, once, in order', () => {
+  for (const loss of [0, 0.3, 0.5, 0.8]) {
+    it(`loss ${loss}, both directions at once`, async () => {
+      const p = makePair({ seed: 100 + loss * 10, link: { loss, delayMs: 40 }, rateKbps: 4000 })
+      const toB = mixedFrames(1)
+      const toA = mixedFrames(2)
+      for (const f of toB) p.a.session.send(f)
+      for (const f of toA) p.b.session.send(f)
+      await runUntil(p, () => p.a.frames.length >= toA.length && p.b.frames.length >= toB.length, 600_000)
+      expectFrames(p.b.frames, toB, 'a→b')
+      expectFrames(p.a.frames, toA, 'b→a')
+      // Let the last acks settle: nothing more arrives, nothing closes, the backlogs drain.
+      await p.sched.run(p.sched.now + 120_000)
+      expect(p.b.frames.length).toBe(toB.length)
+      expect(p.a.frames.length).toBe(toA.length)
+      expect(p.a.closes).toEqual([])
+      expect(p.b.closes).toEqual([])
+      expect(p.a.session.backlog).toBe(0)
+      expect(p.b.session.backlog).toBe(0)
+      if (loss > 0) expect(Math.abs(p.a.session.stats.loss - loss)).toBeLessThan(0.15)
+    })
+  }
+
+  it('frames sent later, one at a time, while earlier ones are in flight', async () => {
+    const p = makePair({ seed: 7, link: { loss: 0.3, delayMs: 60, jitterMs: 30 }, rateKbps: 1000 })
+    const frames = mixedFrames(3, 40).map((f, i) => (i % 2 ? f.subarray(0, Math.min(f.length, 3000)) : f))
+    frames.forEach((f, i) => p.sched.at(EPOCH_MS + i * 137, () => p.a.session.send(f)))
+    await runUntil(p, () => p.b.frames.length >= frames.length, 600_000)
+    expectFrames(p.b.frames, frames)
+  })
+
+  it('a zero-length frame is a frame', async () => {
+    const p = makePair({ seed: 8, link: { loss: 0.2 } })
+    const frames = [new Uint8Array(0), frame(10, 1), new Uint8Array(0)]
+    for (const f of frames) p.a.session.send(f)
+    await runUntil(p, () => p.b.frames.length >= 3, 60_000)
+    await p.sched.run(p.sched.now + 10_000)
+    expectFrames(p.b.frames, frames)
+  })
+})
+
+describe('DatagramSession: duplication and reordering', () => {
+  it('duplicated and reordered packets deliver every frame once, in order', async () => {
+    const p = makePair({ seed: 11, link: { loss: 0.2, delayMs: 20, jitterMs: 200, dup: 0.5 }, rateKbps: 4000 })
+    const toB = mixedFrames(4)
+    const toA = mixedFrames(5, 10)
+    for (const f of toB) p.a.session.send(f)
+    for (const f of toA) p.b.session.send(f)
+    await runUntil(p, () => p.b.frames.length >= toB.length && p.a.frames.length >= toA.length, 600_000)
+    await p.sched.run(p.sched.now + 60_000)
+    expect(p.ab.deliveries).toBeGreaterThan(p.ab.sent - p.ab.dropped) // there were duplicates
+    expectFrames(p.b.frames, toB, 'a→b')
+    expectFrames(p.a.frames, toA, 'b→a')
+    expect(p.a.closes).toEqual([])
+    expect(p.b.closes).toEqual([])
+  })
+
+  it('every packet delivered twice, in reverse order within bursts: same frames', async () => {
+    const p = makePair({ seed: 12, link: { delayMs: 10, jitterMs: 400, dup: 1 }, rateKbps: 8000 })
+    const toB = mixedFrames(6)
+    for (const f of toB) p.a.session.send(f)
+    await runUntil(p, () => p.b.frames.length >= toB.length, 600_000)
+    await p.sched.run(p.sched.now + 60_000)
+    expectFrames(p.b.frames, toB)
+    expect(p.b.closes).toEqual([])
+  })
+
+  it('replaying every old packet after the transfer delivers nothing new and closes nothing', async () => {
+    const p = makePair({ seed: 13, link: { loss: 0.3 }, keepLog: true })
+    const toB = mixedFrames(7, 8)
+    for (const f of toB) p.a.session.send(f)
+    await runUntil(p, () => p.b.frames.length >= toB.length, 600_000)
+    await p.sched.run(p.sched.now + 30_000)
+    expectFrames(p.b.frames, toB)
+    const old = [...p.ab.log]
+    const r = new Rng(99)
+    for (let i = old.length - 1; i > 0; i--) {
+      const j = r.int(i + 1)
+      ;[old[i], old[j]] = [old[j]!, old[i]!]
+    }
+    for (const s of old) p.b.session.receive(s.pn, s.body.slice())
+    await p.sched.run(p.sched.now + 30_000)
+    expectFrames(p.b.frames, toB)
+    expect(p.a.closes).toEqual([])
+    expect(p.b.closes).toEqual([])
+  })
+})
+
+describe('DatagramSession: lost acks', () => {
+  it('losing every ack for 20 s does not stall: the transfer completes once acks flow again', async () => {
+    const BLACKOUT: [number, number] = [300, 20_300]
+    // Small symbols, so the transfer is more than MAX_OPEN_BLOCKS blocks and cannot finish without acks.
+    const p = makePair({ seed: 21, mtu: 400, link: { loss: 0.2, delayMs: 30 }, ba: { blackouts: [BLACKOUT] }, rateKbps: 2000 })
+    const frames = bulkFrames(600_000, 3)
+    expect(streamBytes(frames)).toBeGreaterThan(MAX_OPEN_BLOCKS * MAX_BLOCK_SYMBOLS * p.a.session.symbolSize)
+    for (const f of frames) p.a.session.send(f)
+    let atBlackoutEnd = -1
+    p.sched.at(EPOCH_MS + BLACKOUT[1], () => (atBlackoutEnd = p.b.frames.length))
+    await runUntil(p, () => p.b.frames.length >= frames.length && p.a.session.backlog === 0, 300_000)
+    expectFrames(p.b.frames, frames)
+    expect(p.a.session.backlog).toBe(0)
+    expect(p.a.closes).toEqual([])
+    expect(p.b.closes).toEqual([])
+    // The blackout really held the transfer up…
+    expect(atBlackoutEnd).toBeLessThan(frames.length)
+    // …and it resumed promptly after: within the time a round of stretched timeouts and the rest of the data take.
+    const rest = ((streamBytes(frames) * 8) / 2000) * 1.5
+    expect(p.b.frameAt.at(-1)!).toBeLessThan(BLACKOUT[1] + 15_000 + rest)
+  })
+
+  it('losing every packet both ways for 10 s (a blackout) does not kill the connection', async () => {
+    const p = makePair({ seed: 22, link: { loss: 0.1, delayMs: 30, blackouts: [[1_000, 11_000]] }, rateKbps: 500 })
+    const frames = bulkFrames(200_000, 4)
+    for (const f of frames) p.a.session.send(f)
+    await runUntil(p, () => p.b.frames.length >= frames.length, 300_000)
+    expectFrames(p.b.frames, frames)
+    expect(p.a.closes).toEqual([])
+  })
+})
+
+// ---------------------------------------------------------------------------
+// Body codec
+// ---------------------------------------------------------------------------
+
+const u32 = fc.nat({ max: 0xffffffff })
+const ackArb = fc.record({
+  recvBase: u32,
+  received: u32,
+  largestPn: u32,
+  ackDelay: fc.nat({ max: 0xffff }),
+  needed: fc.array(fc.nat({ max: 0xffff }), { maxLength: MAX_OPEN_BLOCKS }),
+})
+const symbolArb = fc
+  .uint8Array({ minLength: 1, maxLength: 300 })
+  .chain((data) => fc.record({ block: u32, blockBytes: fc.integer({ min: 1, max: MAX_BLOCK_SYMBOLS * data.length }), esi: fc.nat({ max: 0xffffff }), data: fc.constant(data) }))
+const bodyArb: fc.Arbitrary<Body> = fc
+  .record({ flags: fc.constantFrom(0, 4, 8, 12), instance: u32, sendBase: u32, ack: fc.option(ackArb, { nil: undefined }), symbol: fc.option(symbolArb, { nil: undefined }) })
+  .map((b) => {
+    const out: Body = { flags: b.flags | (b.ack ? 2 : 0) | (b.symbol ? 1 : 0), instance: b.instance, sendBase: b.sendBase }
+    if (b.ack) out.ack = b.ack
+    if (b.symbol) out.symbol = b.symbol
+    return out
+  })
+
+function expectProtocolError(bytes: Uint8Array): void {
+  let err: unknown
+  try {
+    decodeBody(bytes)
+  } catch (e) {
+    err = e
+  }
+  expect(err, `decodeBody(${Buffer.from(bytes).toString('hex')}) should throw`).toBeInstanceOf(ProtocolError)
+}
+
+describe('encodeBody / decodeBody', () => {
+  it('round trips any body — property', () => {
+    fc.assert(
+      fc.property(bodyArb, (b) => {
+        const bytes = encodeBody(b)
+        expect(bytes.length).toBeLessThanOrEqual(BODY_OVERHEAD_BYTES + (b.symbol?.data.length ?? 0))
+        expect(decodeBody(bytes)).toEqual(b)
+        expect(encodeBody(decodeBody(bytes))).toEqual(bytes)
+      }),
+      { numRuns: 500 },
+    )
+  })
+
+  it('random bytes either throw a ProtocolError or decode to a body that re-encodes to the same bytes — property', () => {
+    const anyBytes = fc.oneof(
+      fc.uint8Array({ maxLength: 80 }),
+      // Mostly valid flags, so the property reaches past the first byte.
+      fc.tuple(fc.nat({ max: 15 }), fc.uint8Array({ maxLength: 80 })).map(([f, rest]) => Uint8Array.of(f, ...rest)),
+      // A valid ack-and-symbol header with garbage after it.
+      fc.tuple(fc.nat({ max: 15 }), fc.uint8Array({ minLength: 8, maxLength: 8 }), fc.nat({ max: 10 }), fc.uint8Array({ maxLength: 60 })).map(([f, ib, n, rest]) => {
+        const ack = new Uint8Array(15)
+        ack[14] = n
+        return Uint8Array.of(f | 2, ...ib, ...ack, ...rest)
+      }),
+    )
+    fc.assert(
+      fc.property(anyBytes, (bytes) => {
+        let body: Body
+        try {
+          body = decodeBody(bytes)
+        } catch (e) {
+          expect(e).toBeInstanceOf(ProtocolError)
+          return
+        }
+        expect(encodeBody(body)).toEqual(bytes)
+      }),
+      { numRuns: 2000 },
+    )
+  })
+
+  it('a valid body damaged by mutation either throws a ProtocolError or re-encodes to the same bytes — property', () => {
+    fc.assert(
+      fc.property(bodyArb, fc.nat(), fc.nat({ max: 255 }), (b, at, v) => {
+        const bytes = encodeBody(b)
+        bytes[at % bytes.length] = v
+        let body: Body
+        try {
+          body = decodeBody(bytes)
+        } catch (e) {
+          expect(e).toBeInstanceOf(ProtocolError)
+          return
+        }
+        expect(encodeBody(body)).toEqual(bytes)
+      }),
+      { numRuns: 500 },
+    )
+  })
+
+  it('throws a ProtocolError on every truncation of a body without a symbol, and on trailing bytes', () => {
+    fc.assert(
+      fc.property(bodyArb, (b) => {
+        delete b.symbol
+        b.flags &= ~1
+        const bytes = encodeBody(b)
+        for (let n = 0; n < bytes.length; n++) expectProtocolError(bytes.subarray(0, n))
+        expectProtocolError(Uint8Array.of(...bytes, 0))
+      }),
+      { numRuns: 200 },
+    )
+  })
+
+  it('throws a ProtocolError on a symbol cut inside its header or with no data', () => {
+    fc.assert(
+      fc.property(bodyArb, (b) => {
+        if (!b.symbol) return
+        const bytes = encodeBody(b)
+        for (let n = 0; n <= bytes.length - b.symbol.data.length; n++) expectProtocolError(bytes.subarray(0, n))
+      }),
+      { numRuns: 200 },
+    )
+  })
+
+  it('rejects what the strict decoder promises to reject', () => {
+    const base: Body = { flags: 0, instance: 1, sendBase: 2, ack: { recvBase: 0, received: 0, largestPn: 0, ackDelay: 0, needed: [1, 2] } }
+    const bytes = encodeBody(base)
+    // Unknown flag bits.
+    for (const f of [0x10, 0x20, 0x40, 0x80]) expectProtocolError(Uint8Array.of(bytes[0]! | f, ...bytes.subarray(1)))
+    // More than MAX_OPEN_BLOCKS needed entries.
+    expectProtocolError(encodeBody({ ...base, ack: { ...base.ack!, needed: new Array<number>(MAX_OPEN_BLOCKS + 1).fill(1) } }))
+    // A block larger than MAX_BLOCK_SYMBOLS symbols of this size, and an empty block.
+    expectProtocolError(encodeBody({ flags: 0, instance: 0, sendBase: 0, symbol: { block: 0, blockBytes: MAX_BLOCK_SYMBOLS * 10 + 1, esi: 0, data: new Uint8Array(10) } }))
+    expectProtocolError(encodeBody({ flags: 0, instance: 0, sendBase: 0, symbol: { block: 0, blockBytes: 0, esi: 0, data: new Uint8Array(10) } }))
+    expect(decodeBody(encodeBody({ flags: 0, instance: 0, sendBase: 0, symbol: { block: 0, blockBytes: MAX_BLOCK_SYMBOLS * 10, esi: 0, data: new Uint8Array(10) } })).symbol?.blockBytes).toBe(MAX_BLOCK_SYMBOLS * 10)
+  })
+})
+
+// ---------------------------------------------------------------------------
+// sendsFor
+// ---------------------------------------------------------------------------
+
+/** P(Binomial(m, q) ≥ need) for m = need, need+1, …: a forward DP over the count, capped at `need`. */
+function bruteSendsFor(need: number, q: number, confidence: number): number {
+  if (need <= 0) return 0
+  // dist[j] = P(X = j) for j < need; done = P(X ≥ need)
+  let dist = new Float64Array(need)
+  dist[0] = 1
+  let done = 0
+  for (let m = 1; ; m++) {
+    const next = new Float64Array(need)
+    for (let j = 0; j < need; j++) {
+      next[j]! += dist[j]! * (1 - q)
+      if (j + 1 < need) next[j + 1]! += dist[j]! * q
+      else done += dist[j]! * q
+    }
+    dist = next
+    if (m >= need && done >= confidence) return m
+  }
+}
+
+describe('sendsFor', () => {
+  const needs = [1, 2, 3, 5, 8, 17, 40, 64, 100, MAX_BLOCK_SYMBOLS]
+  const qs = [0.05, 0.1, 0.2, 0.3, 0.45, 0.5, 0.66, 0.8, 0.9, 0.99, 1]
+
+  it(`is the smallest m with P(Bin(m, q) ≥ need) ≥ ${ROUND_CONFIDENCE}, against a brute-force binomial`, () => {
+    for (const need of needs)
+      for (const q of qs) {
+        const want = q === 1 ? need : bruteSendsFor(need, q, ROUND_CONFIDENCE)
+        expect(sendsFor(need, q, ROUND_CONFIDENCE), `need ${need}, q ${q}`).toBe(want)
+      }
+  })
+
+  it('is 0 for nothing needed, and never below the need', () => {
+    expect(sendsFor(0, 0.5, ROUND_CONFIDENCE)).toBe(0)
+    expect(sendsFor(-3, 0.5, ROUND_CONFIDENCE)).toBe(0)
+    for (const need of needs) expect(sendsFor(need, 1, ROUND_CONFIDENCE)).toBe(need)
+  })
+
+  it('grows with the need and as q falls', () => {
+    for (const q of qs) for (let i = 1; i < needs.length; i++) expect(sendsFor(needs[i]!, q, ROUND_CONFIDENCE)).toBeGreaterThan(sendsFor(needs[i - 1]!, q, ROUND_CONFIDENCE))
+    for (const need of needs) for (let i = 1; i < qs.length; i++) expect(sendsFor(need, qs[i]!, ROUND_CONFIDENCE)).toBeLessThanOrEqual(sendsFor(need, qs[i - 1]!, ROUND_CONFIDENCE))
+  })
+
+  it('other confidences (0.9, 0.99) against the brute force', () => {
+    for (const need of [1, 5, 40, MAX_BLOCK_SYMBOLS])
+      for (const q of [0.1, 0.5, 0.9])
+        for (const c of [0.9, 0.99]) expect(sendsFor(need, q, c), `need ${need}, q ${q}, confidence ${c}`).toBe(bruteSendsFor(need, q, c))
+  })
+})
+
+// ---------------------------------------------------------------------------
+// RESET, CLOSE, frame limit
+// ---------------------------------------------------------------------------
+
+describe('DatagramSession: reset, close, limits', () => {
+  it('a peer that reports a sendBase beyond what this end received gets reset, and onClose fires once', async () => {
+    const p = makePair({ seed: 31 })
+    const sentBefore = p.ab.sent
+    // A packet from "b" claiming blocks 0…4 were delivered, though a never received any.
+    p.a.session.receive(5, encodeBody({ flags: 0, instance: 42, sendBase: 5 }))
+    expect(p.a.session.isClosed).toBe(true)
+    expect(p.a.closes).toHaveLength(1)
+    expect(p.a.closes[0]).toMatch(/\S/)
+    // It told the peer: RESET packets went out.
+    const resets = p.ab.sent - sentBefore
+    expect(resets).toBeGreaterThan(0)
+    // Nothing more happens on further packets, close, reset or abort.
+    p.a.session.receive(6, encodeBody({ flags: 0, instance: 42, sendBase: 9 }))
+    p.a.session.close()
+    p.a.session.reset('again')
+    p.a.session.abort('again')
+    p.a.session.send(new Uint8Array(5))
+    await p.sched.run(EPOCH_MS + 10_000)
+    expect(p.a.closes).toHaveLength(1)
+    expect(p.ab.sent - sentBefore).toBe(resets)
+  })
+
+  it('a restarted peer that lost delivered blocks is reset; both ends close once', async () => {
+    const p = makePair({ seed: 32, link: { loss: 0.1 }, rateKbps: 4000, mtu: 400 })
+    const frames = bulkFrames(300_000, 5)
+    for (const f of frames) p.a.session.send(f)
+    // Run until b has delivered a few blocks and a knows (its sendBase moved past 0).
+    await runUntil(p, () => p.b.frames.length >= 3 && p.a.session.backlog < streamBytes(frames) - 2 * MAX_BLOCK_SYMBOLS * p.a.session.symbolSize, 120_000)
+    const oldB = p.b
+    oldB.session.abort('crashed')
+    const newB = p.restartB()
+    await p.sched.run(p.sched.now + 30_000)
+    expect(newB.closes).toHaveLength(1)
+    expect(newB.closes[0]).toMatch(/lost blocks/)
+    expect(newB.frames).toEqual([])
+    expect(p.a.closes).toHaveLength(1)
+    expect(p.a.session.isClosed).toBe(true)
+  })
+
+  it("close(): the peer's onClose fires once with 'closed by peer'", async () => {
+    const p = makePair({ seed: 33 })
+    const frames = mixedFrames(8, 4)
+    for (const f of frames) p.a.session.send(f)
+    await runUntil(p, () => p.b.frames.length >= frames.length, 60_000)
+    p.a.session.close()
+    expect(p.a.closes).toEqual(['closed'])
+    await p.sched.run(p.sched.now + 10_000)
+    expect(p.b.closes).toEqual(['closed by peer'])
+    expect(p.b.session.isClosed).toBe(true)
+    expect(p.a.closes).toEqual(['closed'])
+    expectFrames(p.b.frames, frames)
+  })
+
+  it('close() with a reason before anything was sent', async () => {
+    const p = makePair({ seed: 34 })
+    p.b.session.close('bye')
+    expect(p.b.closes).toEqual(['bye'])
+    await p.sched.run(EPOCH_MS + 10_000)
+    expect(p.a.closes).toEqual(['closed by peer'])
+  })
+
+  it('a frame longer than maxFrameBytes on the receiving side closes the connection with a reason; no frame delivered', async () => {
+    const LIMIT = 1000
+    const p = makePair({ seed: 35, maxFrameBytes: LIMIT })
+    p.a.session.send(frame(LIMIT + 1, 1))
+    await p.sched.run(EPOCH_MS + 30_000)
+    expect(p.b.frames).toEqual([])
+    expect(p.b.closes).toHaveLength(1)
+    expect(p.b.closes[0]).toMatch(/1001.*1000/)
+    expect(p.a.closes).toEqual(['peer reset the connection'])
+  })
+
+  it('a frame of exactly maxFrameBytes is delivered', async () => {
+    const LIMIT = 1000
+    const p = makePair({ seed: 36, maxFrameBytes: LIMIT })
+    const f = frame(LIMIT, 2)
+    p.a.session.send(f)
+    await p.sched.run(EPOCH_MS + 30_000)
+    expectFrames(p.b.frames, [f])
+    expect(p.b.closes).toEqual([])
+  })
+})
+
+// ---------------------------------------------------------------------------
+// Pace, efficiency, determinism
+// ---------------------------------------------------------------------------
+
+interface BulkResult {
+  finishMs: number
+  aStats: DatagramSession['stats']
+  bStats: DatagramSession['stats']
+  symbolSize: number
+  frames: Uint8Array[]
+  sendTimes: number[]
+  sendSizes: number[]
+}
+
+async function bulk(o: PairOptions & { bytes: number }): Promise<BulkResult> {
+  const p = makePair({ ...o, keepLog: true })
+  const frames = bulkFrames(o.bytes, 9)
+  for (const f of frames) p.a.session.send(f)
+  await runUntil(p, () => p.b.frames.length >= frames.length, 900_000)
+  expectFrames(p.b.frames, frames)
+  return {
+    finishMs: p.b.frameAt.at(-1)!,
+    aStats: { ...p.a.session.stats },
+    bStats: { ...p.b.session.stats },
+    symbolSize: p.a.session.symbolSize,
+    frames,
+    sendTimes: p.ab.log.map((s) => s.at),
+    sendSizes: p.ab.log.map((s) => s.body.length + OVERHEAD + IP_UDP_BYTES),
+  }
+}
+
+describe('DatagramSession: pace, efficiency, determinism', () => {
+  it('with rateKbps R and no loss, 1 MB takes at least 1 MB·8/R ms and at most ~1.3× that', async () => {
+    const R = 2000
+    const r = await bulk({ seed: 41, bytes: MB, rateKbps: R, link: { delayMs: 20 } })
+    const ideal = (MB * 8) / R
+    console.log('pace', { finish: r.finishMs, ideal, ratio: r.finishMs / ideal, packets: r.aStats.packetsSent, bytes: r.aStats.bytesSent })
+    expect(r.finishMs).toBeGreaterThanOrEqual(ideal)
+    expect(r.finishMs).toBeLessThanOrEqual(1.3 * ideal)
+    // The pacer never runs ahead of R: by each send, the wire bytes before it fit in R·t plus a packet or two.
+    let bits = 0
+    for (let i = 0; i < r.sendTimes.length; i++) {
+      expect(bits, `packet ${i} at ${r.sendTimes[i]} ms`).toBeLessThanOrEqual(R * (r.sendTimes[i]! + 1) + 2 * 8 * 1200)
+      bits += 8 * r.sendSizes[i]!
+    }
+  })
+
+  it('efficiency at loss 0.5: packets sent for 1 MB < 1.35 × symbols needed ÷ (1 − 0.5)', async () => {
+    const r = await bulk({ seed: 42, bytes: MB, rateKbps: 4000, link: { loss: 0.5, delayMs: 40 } })
+    const needed = Math.ceil(streamBytes(r.frames) / r.symbolSize)
+    console.log('efficiency', { needed, sent: r.aStats.packetsSent, symbols: r.aStats.symbolsSent, ratio: r.aStats.packetsSent / (needed / 0.5), finish: r.finishMs })
+    expect(r.aStats.packetsSent).toBeLessThan((1.35 * needed) / (1 - 0.5))
+  })
+
+  it('determinism: the same seed gives the same packet counts and finish time', async () => {
+    const o = { seed: 43, bytes: 300_000, rateKbps: 1000, link: { loss: 0.3, delayMs: 50, jitterMs: 20, dup: 0.1 } }
+    const x = await bulk(o)
+    const y = await bulk(o)
+    expect(y.finishMs).toBe(x.finishMs)
+    expect(y.aStats).toEqual(x.aStats)
+    expect(y.bStats).toEqual(x.bStats)
+    expect(y.sendTimes).toEqual(x.sendTimes)
+    const z = await bulk({ ...o, seed: 44 })
+    expect([z.finishMs, z.aStats.packetsSent]).not.toEqual([x.finishMs, x.aStats.packetsSent])
+  })
+})
+
+// ---------------------------------------------------------------------------
+// Over real sealed packets
+// ---------------------------------------------------------------------------
+
+describe('DatagramSession over sealed packets', () => {
+  it('client and relay sessions through datagram-crypto, with corrupted packets dropped by the AEAD', async () => {
+    const sched = new Scheduler(51)
+    const rng = sched.rng.fork('wire')
+    const relaySk = rng.bytes(32)
+    const { ephemeralPk, keys } = clientKeys(boxPublicKey(relaySk), rng.bytes(32))
+    let relayKeysCache: ReturnType<typeof relayKeys> | undefined
+    const got = { client: [] as Uint8Array[], relay: [] as Uint8Array[] }
+    let rejected = 0
+    const wire = (packet: Uint8Array, to: (p: Uint8Array) => void): void => {
+      if (rng.next() < 0.3) return
+      const p = packet.slice()
+      if (rng.next() < 0.05) p[rng.int(p.length)]! ^= 1 << rng.int(8)
+      sched.at(sched.now + 30, () => to(p), true)
+    }
+    const toRelay = (p: Uint8Array): void => {
+      const h = peekHeader(p)
+      if (!h || h.tag !== CLIENT_TAG) return void rejected++
+      const k = relayKeys(relaySk, h.ephemeralPk!)
+      const body = openPacket(h, k.up, p)
+      if (!body) return void rejected++
+      relayKeysCache ??= k
+      relay.receive(h.pn, body)
+    }
+    const toClient = (p: Uint8Array): void => {
+      const h = peekHeader(p)
+      const body = h && h.tag === RELAY_TAG ? openPacket(h, keys.down, p) : undefined
+      if (!h || !body) return void rejected++
+      client.receive(h.pn, body)
+    }
+    const client: DatagramSession = new DatagramSession({
+      env: sched,
+      transmit: (pn, body) => wire(sealPacket(CLIENT_TAG, keys.up, pn, body, ephemeralPk), toRelay),
+      packetOverhead: CLIENT_HEADER_BYTES + AEAD_TAG_BYTES,
+      maxFrameBytes: MAX_FRAME,
+      onFrame: (f) => got.client.push(f),
+      onClose: (r) => expect.fail(`client closed: ${r}`),
+      opener: true,
+    })
+    const relay: DatagramSession = new DatagramSession({
+      env: sched,
+      transmit: (pn, body) => wire(sealPacket(RELAY_TAG, relayKeysCache!.down, pn, body), toClient),
+      packetOverhead: 5 + AEAD_TAG_BYTES,
+      maxFrameBytes: MAX_FRAME,
+      onFrame: (f) => {
+        got.relay.push(f)
+        relay.send(f) // echo
+      },
+      onClose: (r) => expect.fail(`relay closed: ${r}`),
+    })
+    const frames = mixedFrames(10, 10)
+    for (const f of frames) client.send(f)
+    await sched.run(EPOCH_MS + 600_000, { stop: () => got.client.length >= frames.length })
+    expectFrames(got.relay, frames, 'client → relay')
+    expectFrames(got.client, frames, 'relay → client (echo)')
+    expect(rejected).toBeGreaterThan(0)
+  })
+})

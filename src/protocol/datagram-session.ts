@@ -55,6 +55,8 @@ export const INITIAL_RTO_MS = 1000
 export const MIN_RTO_MS = 100
 /** The longest wait between rounds while the peer is silent. */
 export const MAX_SILENT_RTO_MS = 30_000
+/** Silence shorter than this never counts as the link being down. */
+export const MIN_SILENCE_MS = 3_000
 /**
  * No packet from the peer for this long while data waits: the connection
  * is dead. Long, because a connection costs nothing while the link is down:
@@ -164,11 +166,11 @@ export function decodeBody(bytes: Uint8Array): Body {
  * The smallest number of sends m with P(Binomial(m, q) ≥ need) ≥ confidence.
  * Cached: needs are at most MAX_BLOCK_SYMBOLS and q is bucketed to 1/100.
  */
-const sendsCache = new Map<number, number>()
+const sendsCache = new Map<string, number>()
 export function sendsFor(need: number, q: number, confidence: number): number {
   if (need <= 0) return 0
   const qb = Math.max(1, Math.min(100, Math.round(q * 100)))
-  const key = (need * 101 + qb) * 2 + (confidence >= 0.9 ? 1 : 0)
+  const key = `${need}/${qb}/${confidence}`
   let m = sendsCache.get(key)
   if (m !== undefined) return m
   const qq = qb / 100
@@ -275,7 +277,10 @@ export class DatagramSession {
   private acksOwed = 0
   private ackOwedSince: number | undefined
   private lastHeardAt: number
+  /** When data last started waiting after none did (silence is counted from here or the last packet heard, whichever is later). */
+  private waitingSince = 0
   private nextProbeAt = 0
+  private lastDupBurstAt = Number.NEGATIVE_INFINITY
   private probesLeft = 0
 
   readonly stats: DatagramStats = { packetsSent: 0, packetsReceived: 0, symbolsSent: 0, bytesSent: 0, loss: INITIAL_LOSS, rttMs: undefined }
@@ -308,7 +313,20 @@ export class DatagramSession {
    * full speed at the first packet heard.
    */
   private silent(now: number): boolean {
-    return this.out.size > 0 && now - this.lastHeardAt > 2 * this.baseRto()
+    return this.out.size > 0 && now - this.quietSince() > this.silenceMs()
+  }
+
+  private quietSince(): number {
+    return Math.max(this.lastHeardAt, this.waitingSince)
+  }
+
+  /**
+   * Silence this long means the link is down, not just lossy: two timeouts,
+   * and never under MIN_SILENCE_MS — at 80% loss and a short round trip the
+   * gaps between acks are often many timeouts long.
+   */
+  private silenceMs(): number {
+    return Math.max(MIN_SILENCE_MS, 2 * this.baseRto())
   }
 
   private now(): number {
@@ -322,6 +340,7 @@ export class DatagramSession {
   /** Queue one frame; it arrives whole, in order, once. */
   send(frame: Uint8Array): void {
     if (this.closed) return
+    if (this.out.size === 0 && this.pendingBytes === 0) this.waitingSince = this.now()
     const len = new Uint8Array(4)
     new DataView(len.buffer).setUint32(0, frame.length)
     this.pending.push(len, frame)
@@ -404,8 +423,17 @@ export class DatagramSession {
   }
 
   private onSymbol(s: NonNullable<Body['symbol']>): void {
+    if (s.block < this.recvBase || this.ready.has(s.block)) {
+      // The sender lacks an ack for a block this end has: answer with a burst
+      // (one ack alone is lost as often as any packet), at most once per round trip.
+      const now = this.now()
+      if (now - this.lastDupBurstAt >= (this.srtt ?? INITIAL_RTO_MS)) {
+        this.lastDupBurstAt = now
+        this.owe(this.ackBurst() * ACK_EVERY)
+      } else this.owe(1)
+      return
+    }
     this.owe(1)
-    if (s.block < this.recvBase || this.ready.has(s.block)) return // already have it: the ack owed says so
     if (s.block >= this.recvBase + MAX_OPEN_BLOCKS) throw new ProtocolError(ErrorCode.BAD_FRAME, `block ${s.block} beyond the window at ${this.recvBase}`)
     let dec = this.decoders.get(s.block)
     const k = symbolsFor(s.blockBytes, s.data.length)
@@ -523,8 +551,8 @@ export class DatagramSession {
   private rto(now: number): number {
     const base = this.baseRto()
     // While the peer is silent, wait longer between rounds (a blackout is not cured by shouting).
-    const silence = now - this.lastHeardAt
-    return silence > 2 * base ? Math.min(MAX_SILENT_RTO_MS, Math.max(base, silence / 2)) : base
+    const silence = now - this.quietSince()
+    return silence > this.silenceMs() ? Math.min(MAX_SILENT_RTO_MS, Math.max(base, silence / 2)) : base
   }
 
   private sendBase(): number {
@@ -609,7 +637,7 @@ export class DatagramSession {
     if (this.closed) return
     const now = this.now()
     const rto = this.rto(now)
-    if ((this.out.size > 0 || this.pendingBytes > 0) && now - this.lastHeardAt > DEAD_AFTER_MS) {
+    if ((this.out.size > 0 || this.pendingBytes > 0) && now - this.quietSince() > DEAD_AFTER_MS) {
       this.finish(`no packet from the peer in ${DEAD_AFTER_MS / 1000} s`)
       return
     }
@@ -661,11 +689,11 @@ export class DatagramSession {
       for (const f of b.inflight) if (f.at + rto > now) earliest = Math.min(earliest, f.at + rto)
       next = Math.min(next, this.wants(b, now, rto, ROUND_CONFIDENCE) ? this.nextSendAt : earliest)
     }
-    if (this.out.size > 0 || this.pendingBytes > 0) next = Math.min(next, this.lastHeardAt + DEAD_AFTER_MS + 1)
+    if (this.out.size > 0 || this.pendingBytes > 0) next = Math.min(next, this.quietSince() + DEAD_AFTER_MS + 1)
     if (this.silent(now) || this.probing()) {
       // Only probes go out now; the next is due at nextProbeAt (acks owed still count).
       next = Math.min(this.acksOwed > 0 ? next : Number.POSITIVE_INFINITY, Math.max(this.nextSendAt, this.nextProbeAt))
-      if (this.out.size > 0) next = Math.min(next, this.lastHeardAt + DEAD_AFTER_MS + 1)
+      if (this.out.size > 0) next = Math.min(next, this.quietSince() + DEAD_AFTER_MS + 1)
     }
     return next
   }

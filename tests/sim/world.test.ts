@@ -91,3 +91,126 @@ describe('chapar sim', () => {
     )
   }, 120_000)
 })
+
+/**
+ * The coded datagram transport (--transport datagram) in whole simulations.
+ * Small configurations: the whole block runs in a few seconds of wall time.
+ */
+describe('datagram transport', () => {
+  const dg = (over: Record<string, unknown>): SimOptions => applyOptions(DEFAULTS, { transport: 'datagram', clients: 4, messages: 3, recipients: 2, duration: '12h', seed: 7, ...over })
+  const expectAllOnce = (r: SimResult): void => {
+    expect(r.sent).toBeGreaterThan(0)
+    expect(r.delivered).toBe(r.sent)
+    expect(r.delivery_ratio).toBe(1)
+    expect(r.duplicates_at_app).toBe(0)
+  }
+
+  for (const loss of [0.3, 0.5, 0.8]) {
+    it(`delivers every report exactly once at ${loss * 100}% Bernoulli loss`, async () => {
+      const { result } = await runSim(dg({ loss }))
+      expect(result.sent).toBe(12)
+      expectAllOnce(result)
+      expect(result.accepted).toBe(result.sent)
+      expect(result.capacity_ratio).toBeGreaterThan(0)
+      expect(result.capacity_ratio).toBeLessThanOrEqual(1)
+    })
+  }
+
+  it('delivers everything within 6 h through Gilbert bursts (60% loss, bursts of 8) and blackouts (up 30 s, down 10 min)', async () => {
+    const { result } = await runSim(dg({ loss: 0.6, lossModel: 'gilbert', burst: 8, outage: 'up=30s,down=10m', duration: '6h' }))
+    expectAllOnce(result)
+    expect(result.virtual_ms).toBeLessThanOrEqual(6 * 3600_000)
+    expect(result.latency_ms.max).toBeLessThanOrEqual(6 * 3600_000)
+  })
+
+  // Relay crashes. 300 KB reports at 30% loss keep the run going for minutes
+  // of virtual time, so relays killed about once a minute (30–90 s) really
+  // are killed mid-transfer. One run, shared by the two tests below.
+  const crashOptions = { size: 300_000, loss: 0.3, relayCrashEvery: '60s', relayRestart: '5s', duration: '3h', seed: 1 }
+  let crashRun: Promise<{ result: SimResult }> | undefined
+  const crashed = () => (crashRun ??= runSim(dg(crashOptions)))
+
+  it('relay crashes: crashes happen mid-run, every report is still accepted, nothing is duplicated', async () => {
+    const { result } = await crashed()
+    expect(result.relay_crashes).toBeGreaterThan(0)
+    expect(result.accepted).toBe(result.sent)
+    expect(result.duplicates_at_app).toBe(0)
+  })
+
+  // BUG (src/, not fixed here): a recipient whose mailbox session is waiting
+  // for CHUNKs when the relay is killed never notices, and receives nothing
+  // more for the rest of the run. Its GETs were all acked at the datagram
+  // level, so its DatagramSession has nothing outstanding: it sends no packet
+  // (no probe that would draw the restarted relay's RESET) and its
+  // DEAD_AFTER_MS check never applies (datagram-session.ts pump()/silent()/
+  // nextDeadline() only act when out.size > 0 || pendingBytes > 0), while the
+  // sync engine sets no idle limit of its own on transportTimeouts links
+  // (sync-engine.ts onTick, `own = !transportTimeouts`) and sends no GET
+  // resends on reliable links. With these options (seed 1): sent 12,
+  // accepted 12, delivered 6, 161 crashes in 3 h virtual, the last delivery
+  // at ~62 s. The WebSocket transport (engine idle timeout 90 s) recovers.
+  // Flip to `it` once fixed.
+  it.fails('relay crashes: every report is delivered (fails: recipient stalls after a crash mid-download)', async () => {
+    const { result } = await crashed()
+    expect(result.delivered).toBe(result.sent)
+  })
+
+  it('a 1 MB transfer at 50% loss uses ≥ 80% of the capacity, with wire/payload ≤ 1.25 ÷ (1 − 0.5) × 1.1', async () => {
+    // Measured (seed 7): capacity_ratio 0.8072, wire_per_payload 2.5486 (limit 2.75).
+    // Seeds 1–5: capacity 0.815–0.875, wire/payload 2.37–2.52.
+    const { result } = await runSim(dg({ clients: 1, messages: 1, recipients: 1, size: 1_000_000, loss: 0.5 }))
+    expectAllOnce(result)
+    expect(result.capacity_ratio).toBeGreaterThanOrEqual(0.8)
+    expect(result.wire_per_payload).toBeLessThanOrEqual((1.25 / (1 - 0.5)) * 1.1)
+  })
+
+  // Target not met: at 80% loss a 2 KB report is accepted after a median of
+  // about 2 s — 3.3–4.4 round trips of 600 ms, not ≤ 3 (1800 ms). Measured
+  // with 50 clients × 1 report: p50 1986 ms (seed 1), 1949 (2), 2121 (3),
+  // 2620 (4); 200 clients, seed 1: 2115 ms. With only 10 clients the median
+  // is noisy (1531–3364 ms over seeds 1–10; ≤ 1800 in 3 of 10). 50 clients
+  // make the miss reproducible. Flip to `it` once the target is met.
+  it.fails('2 KB reports at 80% loss: median accept latency ≤ 3 round trips (1800 ms)', async () => {
+    const o = dg({ clients: 50, messages: 1, recipients: 1, size: 2000, loss: 0.8, seed: 1 })
+    const { result } = await runSim(o)
+    expectAllOnce(result)
+    expect(result.accepted).toBe(result.sent)
+    expect(result.accept_latency_ms.p50).toBeLessThanOrEqual(3 * o.rttMs)
+  })
+
+  it('is deterministic: the same options and seed give identical JSON apart from wall_ms', async () => {
+    const o = dg({ loss: 0.5, lossModel: 'gilbert', burst: 3, duplicate: 0.02, reorder: 0.02, outage: 'up=2m,down=3m', size: 'mix', seed: 42 })
+    const a = await runSim(o)
+    const b = await runSim(o)
+    expect(withoutWall(a.result)).toBe(withoutWall(b.result))
+    expect(a.trace).toEqual(b.trace)
+    const c = await runSim({ ...o, seed: 43 })
+    expect(withoutWall(c.result)).not.toBe(withoutWall(a.result))
+  })
+
+  it('property: random datagram scenarios deliver every report once, given time', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.record({
+          seed: fc.nat(1e6),
+          clients: fc.integer({ min: 1, max: 4 }),
+          recipients: fc.integer({ min: 1, max: 2 }),
+          messages: fc.integer({ min: 1, max: 3 }),
+          size: fc.oneof(fc.integer({ min: 1, max: 4096 }), fc.integer({ min: 4097, max: 200_000 }), fc.constant('mix' as const)),
+          loss: fc.constantFrom(0, 0.1, 0.3, 0.5, 0.65, 0.8),
+          lossModel: fc.constantFrom('bernoulli', 'gilbert'),
+          burst: fc.constantFrom(4, 8),
+          duplicate: fc.constantFrom(0, 0.02, 0.1),
+          reorder: fc.constantFrom(0, 0.02, 0.1),
+        }),
+        async (s) => {
+          const o = applyOptions(DEFAULTS, { transport: 'datagram', ...s, duration: '24h' })
+          const { result } = await runSim(o)
+          expect(result.duplicates_at_app).toBe(0)
+          expect(result.delivered).toBe(result.sent)
+        },
+      ),
+      { numRuns: 6, seed: 20261128 },
+    )
+  }, 60_000)
+})

@@ -1,0 +1,90 @@
+/**
+ * One field client's upload, run inside a network namespace by
+ * bench/transfer.ts and tests/e2e/netns.test.ts: compose one report of
+ * --size bytes, sync it to --relay (ws:// or udp://) with the real driver,
+ * and print one JSON line: when the first PUT left, when the relay's
+ * fsynced ack came back, the envelope's size, and the datagram
+ * connection's own counters.
+ *
+ *   node dist/bench/transfer-worker.js --relay URL --size BYTES [--rate KBPS] [--timeout MS]
+ */
+import { generateIdentity } from '../src/client/identity.js'
+import { compose } from '../src/client/compose.js'
+import { MemoryFileSink } from '../src/client/files.js'
+import { runSync } from '../src/client/sync-driver.js'
+import type { ClientContext } from '../src/client/sync-engine.js'
+import { connectRelay } from '../src/client/transports.js'
+import { Kind, Priority } from '../src/protocol/envelope.js'
+import { systemEnv } from '../src/protocol/env.js'
+import { FrameType } from '../src/protocol/frames.js'
+import { toHex } from '../src/protocol/bytes.js'
+import { openMemoryDb } from '../src/queue/db.js'
+import { GroupCommit } from '../src/queue/group-commit.js'
+import { Inbox } from '../src/queue/inbox.js'
+import { Outbox } from '../src/queue/outbox.js'
+
+function arg(name: string, fallback?: string): string {
+  const i = process.argv.indexOf(`--${name}`)
+  const v = i >= 0 ? process.argv[i + 1] : fallback
+  if (v === undefined) throw new Error(`--${name} is required`)
+  return v
+}
+
+const relay = arg('relay')
+const size = Number(arg('size'))
+const rateKbps = Number(arg('rate', '512'))
+const timeoutMs = Number(arg('timeout', '300000'))
+
+const db = await openMemoryDb()
+const me = generateIdentity(systemEnv.randomBytes)
+const to = generateIdentity(systemEnv.randomBytes)
+const outbox = new Outbox(db)
+const data = systemEnv.randomBytes(size)
+const c = compose({ outbox, me, to: to.address, content: { kind: Kind.report, file: { name: 'video.mp4', data } }, now: Date.now(), ttlMs: 86_400_000, priority: Priority.normal, randomBytes: systemEnv.randomBytes })
+await outbox.add(c.record, c.envelope)
+
+const t0 = performance.now()
+let firstPutMs: number | undefined
+let acceptedMs: number | undefined
+const conns: Array<{ stats?: { bytesSent: number; packetsSent: number; loss: number } }> = []
+const ctx: ClientContext = {
+  me,
+  outbox,
+  inbox: new Inbox(db, new GroupCommit(db)),
+  files: new MemoryFileSink(),
+  env: systemEnv,
+  locks: new Map(),
+  onEvent: (e) => {
+    if (e.type === 'accepted' && e.ids.includes(c.record.id) && acceptedMs === undefined) acceptedMs = performance.now() - t0
+  },
+}
+const report = await runSync(ctx, {
+  relays: [relay],
+  untilEmpty: true,
+  timeoutMs,
+  connect: async (url) => {
+    const conn = await connectRelay(url, { rateKbps })
+    conns.push(conn as (typeof conns)[number])
+    const send = conn.link.send
+    conn.link.send = (frame) => {
+      if (firstPutMs === undefined && frame[0] === FrameType.PUT && toHex(frame.subarray(1, 33)) === c.record.id) firstPutMs = performance.now() - t0
+      send(frame)
+    }
+    return conn
+  },
+})
+const stats = conns.map((x) => x.stats).filter((s) => s !== undefined)
+process.stdout.write(
+  JSON.stringify({
+    ok: acceptedMs !== undefined,
+    timed_out: report.timedOut,
+    envelope_bytes: c.envelope.length,
+    first_put_ms: firstPutMs === undefined ? null : Math.round(firstPutMs),
+    accepted_ms: acceptedMs === undefined ? null : Math.round(acceptedMs),
+    connections: conns.length,
+    datagram_bytes_sent: stats.reduce((n, s) => n + s.bytesSent, 0),
+    datagram_packets_sent: stats.reduce((n, s) => n + s.packetsSent, 0),
+    loss_estimate: stats.length ? Math.max(...stats.map((s) => s.loss)) : null,
+  }) + '\n',
+)
+process.exit(0)

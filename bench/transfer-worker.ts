@@ -84,7 +84,8 @@ process.stdout.write(
     connections: conns.length,
     datagram_bytes_sent: stats.reduce((n, s) => n + s.bytesSent, 0),
     datagram_packets_sent: stats.reduce((n, s) => n + s.packetsSent, 0),
-    loss_estimate: stats.length ? Math.max(...stats.map((s) => s.loss)) : null,
+    // The upload connection's (the one that sent the most): what the sender measured from the relay's acks.
+    loss_estimate: stats.length ? stats.reduce((a, b) => (b.packetsSent > a.packetsSent ? b : a)).loss : null,
   }) + '\n',
 )
 process.exit(0)

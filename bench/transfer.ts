@@ -24,9 +24,11 @@ import { applyOptions, DEFAULTS } from '../src/sim/options.js'
 import { runSim } from '../src/sim/world.js'
 import { createNetnsPair, netnsUnavailable, type NetnsPair } from './netns.js'
 
+// The built files, whether this module runs from dist/bench or (in tests) from bench/.
 const here = path.dirname(fileURLToPath(import.meta.url))
-const CLI = path.join(here, '..', 'src', 'cli.js')
-const WORKER = path.join(here, 'transfer-worker.js')
+const ROOT = path.basename(path.dirname(here)) === 'dist' ? path.join(here, '..', '..') : path.join(here, '..')
+const CLI = path.join(ROOT, 'dist', 'src', 'cli.js')
+const WORKER = path.join(ROOT, 'dist', 'bench', 'transfer-worker.js')
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`)

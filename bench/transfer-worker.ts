@@ -66,9 +66,9 @@ const report = await runSync(ctx, {
     const conn = await connectRelay(url, { rateKbps })
     conns.push(conn as (typeof conns)[number])
     const send = conn.link.send
-    conn.link.send = (frame) => {
+    conn.link.send = (frame, priority) => {
       if (firstPutMs === undefined && frame[0] === FrameType.PUT && toHex(frame.subarray(1, 33)) === c.record.id) firstPutMs = performance.now() - t0
-      send(frame)
+      send(frame, priority)
     }
     return conn
   },

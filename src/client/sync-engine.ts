@@ -69,6 +69,8 @@ export const UPLOAD_WINDOW_BYTES = 1024 * 1024
 export const DOWNLOAD_WINDOW_CHUNKS = 16
 export const LIST_MAX = 32
 export const POLL_INTERVAL_MS = 10_000
+/** While uploads are under way, newly queued envelopes are looked for this often. */
+export const RESCAN_BUSY_MS = 2_000
 const DEFER_MS = 500
 /**
  * A receipt's lifetime, the same for every receipt and rounded up to the
@@ -247,7 +249,7 @@ export class SyncSession {
     this.ctx.onEvent?.(e)
   }
 
-  private send(f: Frame): void {
+  private send(f: Frame, priority?: number): void {
     if (this.finished) return
     const now = this.now()
     // The first request after a quiet spell starts the idle clock afresh.
@@ -255,7 +257,7 @@ export class SyncSession {
       this.quiet = false
       this.lastFrameAt = Math.max(this.lastFrameAt, now)
     }
-    this.link.send(encodeFrame(f))
+    this.link.send(encodeFrame(f), priority)
     // Its resend (or, on a reliable link, the idle check) is due: make sure the tick comes by then.
     const due = this.options.reliable ? IDLE_TIMEOUT_MS : RESEND_AFTER_MS
     if (this.tickAt > now + due) this.arm(due)
@@ -311,6 +313,7 @@ export class SyncSession {
     if (resend && this.listSentAt !== undefined) at(this.listSentAt + RESEND_AFTER_MS)
     if (this.authed) at(this.nextListAt)
     if (!this.options.untilEmpty && this.options.role === 'upload' && this.uploadsIdle && this.ctx.outbox.generation !== this.scannedGeneration) at(this.lastScanAt + POLL_INTERVAL_MS + 1)
+    if (this.options.role === 'upload' && !this.uploadsIdle && this.ctx.outbox.generation !== this.scannedGeneration) at(this.lastScanAt + RESCAN_BUSY_MS + 1)
     return Math.max(MIN_TICK_MS, next - now + 1)
   }
 
@@ -448,15 +451,22 @@ export class SyncSession {
 
   private async pumpUploads(): Promise<void> {
     if (this.options.role !== 'upload' || this.finished) return
-    if (this.needScan && this.queue.length === 0) {
+    if (this.needScan) {
       this.needScan = false
+      this.lastScanAt = this.now()
       this.scannedGeneration = this.ctx.outbox.generation
       const pending = await this.ctx.outbox.pendingFor(this.relay, this.now())
       this.queue = pending.filter((r) => !this.uploads.has(r.id) && !this.skip.has(r.id))
     }
     let budget = UPLOAD_WINDOW_BYTES - this.inFlightBytes()
-    // Keep sending the chunks of envelopes already started before opening new ones.
-    for (const u of this.uploads.values()) budget = this.sendChunks(u, budget)
+    // Highest priority first: an urgent report queued while a video is part
+    // sent opens before the video's next chunks go. Within a priority, keep
+    // sending envelopes already started before opening new ones.
+    const top = this.queue.length > 0 ? this.queue[0]!.priority : -1
+    for (const u of [...this.uploads.values()].sort((a, b) => b.rec.priority - a.rec.priority)) {
+      if (u.rec.priority < top) break
+      budget = this.sendChunks(u, budget)
+    }
     while (budget > 0 && this.queue.length > 0) {
       const rec = this.queue.shift()!
       if (this.uploads.has(rec.id) || this.skip.has(rec.id)) continue
@@ -466,12 +476,14 @@ export class SyncSession {
       this.uploads.set(rec.id, u)
       if (u.chunks > 1) {
         u.queriedAt = this.now()
-        this.send({ type: FrameType.QUERY, ids: [fromHex(rec.id)] })
+        this.send({ type: FrameType.QUERY, ids: [fromHex(rec.id)] }, rec.priority)
         budget -= CHUNK_BYTES // a QUERY reserves room for its first chunks
       } else {
         budget = this.sendChunks(u, budget)
       }
     }
+    // Then the lower-priority uploads the loop above held back.
+    if (top >= 0) for (const u of [...this.uploads.values()].sort((a, b) => b.rec.priority - a.rec.priority)) if (u.rec.priority < top) budget = this.sendChunks(u, budget)
     this.uploadsIdle = this.uploads.size === 0 && this.queue.length === 0 && !this.needScan
     this.checkComplete()
   }
@@ -497,7 +509,7 @@ export class SyncSession {
       size: u.envelope.length,
       index: i,
       data: u.envelope.subarray(start, start + chunkLength(u.envelope.length, i)),
-    })
+    }, u.rec.priority)
   }
 
   private async onStored(idBytes: Uint8Array[]): Promise<void> {
@@ -843,6 +855,12 @@ export class SyncSession {
     if (resend && this.listSentAt !== undefined && now - this.listSentAt > RESEND_AFTER_MS) this.sendList()
     if (this.authed && this.nextListAt !== undefined && now >= this.nextListAt) this.sendList()
     if (!this.options.untilEmpty && this.uploadsIdle && now - this.lastScanAt > POLL_INTERVAL_MS && this.ctx.outbox.generation !== this.scannedGeneration) {
+      this.lastScanAt = now
+      this.needScan = true
+      await this.pumpUploads()
+    } else if (this.options.role === 'upload' && !this.uploadsIdle && now - this.lastScanAt > RESCAN_BUSY_MS && this.ctx.outbox.generation !== this.scannedGeneration) {
+      // Queued while uploads are under way (in this process): look now, not
+      // when the queue runs dry, so an urgent report overtakes a long upload.
       this.lastScanAt = now
       this.needScan = true
       await this.pumpUploads()

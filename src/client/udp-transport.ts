@@ -20,7 +20,16 @@ import { FrameHandoff, type WsConnection } from './ws-transport.js'
 export interface DatagramOptions extends DatagramTuning {
   /** Called once when the connection ends, after the engine has been told. */
   onClosed?: () => void
+  /**
+   * What this client last measured on the way to each relay (by relay key):
+   * a connection starts from it instead of the first-contact guess, so a
+   * short report on a good link is not sent as if the link were terrible.
+   */
+  lossMemory?: Map<string, number>
 }
+
+/** The CLI's memory: one process is one client. */
+const processLossMemory = new Map<string, number>()
 
 export interface ClientDatagramConnection {
   conn: WsConnection & { stats: DatagramStats }
@@ -36,7 +45,10 @@ export interface ClientDatagramConnection {
 export function clientDatagramConnection(env: Env, relayKey: Uint8Array, transmit: (packet: Uint8Array) => void, options: DatagramOptions = {}): ClientDatagramConnection {
   const { ephemeralPk, keys } = clientKeys(relayKey, env.randomBytes(32))
   const handoff = new FrameHandoff()
-  const session = new DatagramSession({
+  const memoryKey = Buffer.from(relayKey).toString('hex')
+  const remembered = options.lossMemory?.get(memoryKey)
+  const session: DatagramSession = new DatagramSession({
+    ...(remembered !== undefined ? { initialLoss: remembered } : {}),
     env,
     transmit: (pn, body) => transmit(sealPacket(CLIENT_TAG, keys.up, pn, body, ephemeralPk)),
     packetOverhead: CLIENT_HEADER_BYTES + AEAD_TAG_BYTES,
@@ -46,6 +58,8 @@ export function clientDatagramConnection(env: Env, relayKey: Uint8Array, transmi
     opener: true,
     onFrame: (f) => handoff.frame(f),
     onClose: (reason) => {
+      const measured = session.measuredLoss
+      if (measured !== undefined) options.lossMemory?.set(memoryKey, measured)
       handoff.close(reason)
       options.onClosed?.()
     },
@@ -54,7 +68,7 @@ export function clientDatagramConnection(env: Env, relayKey: Uint8Array, transmi
     conn: {
       reliable: true,
       transportTimeouts: true,
-      link: { send: (frame) => session.send(frame), close: (reason) => session.close(reason) },
+      link: { send: (frame, priority) => session.send(frame, priority), close: (reason) => session.close(reason) },
       onFrame: handoff.onFrame,
       onClose: handoff.onClose,
       stats: session.stats,
@@ -87,6 +101,7 @@ export async function connectUdp(url: string, options: DatagramOptions = {}): Pr
       if (open) socket.send(packet, () => {})
     },
     {
+      lossMemory: processLossMemory,
       ...options,
       onClosed: () => {
         options.onClosed?.()

@@ -48,8 +48,18 @@ export const DEFAULT_RATE_KBPS = 512
 /** IPv4 + UDP headers, counted in the pace. */
 export const IP_UDP_BYTES = 28
 export const MAX_OPEN_BLOCKS = 8
-/** Loss assumed before the first ack tells otherwise: the field users' links are bad. */
-export const INITIAL_LOSS = 0.5
+/**
+ * Source bytes in open blocks at most. Enough to keep the link busy across
+ * rounds; more would only delay what a higher priority frame could overtake.
+ */
+export const MAX_OPEN_BYTES = 256 * 1024
+/**
+ * Loss assumed on first contact, before acks measure it: the field users'
+ * links are bad, and over-sending a short report's first flight costs a
+ * few kilobytes, while under-sending it costs round trips. A client then
+ * starts each connection from what it last measured (LossMemory).
+ */
+export const INITIAL_LOSS = 0.8
 export const MAX_LOSS_ESTIMATE = 0.95
 export const INITIAL_RTO_MS = 1000
 export const MIN_RTO_MS = 100
@@ -66,16 +76,23 @@ export const MIN_SILENCE_MS = 3_000
 export const DEAD_AFTER_MS = 20 * 60_000
 /** Chance of decoding a round aims for when the link would otherwise idle. */
 export const ROUND_CONFIDENCE = 0.95
+/**
+ * The opener (client) pings a connection that has sent nothing for this
+ * long, and the peer answers. Without it, a client waiting for a reply
+ * after its requests were acked would never learn that the relay restarted
+ * (the restarted relay answers its ping with RESET) or vanished.
+ */
+export const KEEPALIVE_MS = 15_000
 /** Standalone acks: one per this many packets received, if no data carries one. */
 export const ACK_EVERY = 2
 /** Acks owed wait at most this long for data to ride on. */
 export const ACK_DELAY_MS = 20
 const MAX_ACK_BURST = 8
 
-const Flag = { SYMBOL: 1, ACK: 2, CLOSE: 4, RESET: 8 } as const
+const Flag = { SYMBOL: 1, ACK: 2, CLOSE: 4, RESET: 8, PING: 16 } as const
 const NOT_SEEN = 0xffff
-/** flags, instance, sendBase | recvBase, received, largestPn, ackDelay, count, needed[] | block, blockBytes, esi(24). */
-const FIXED_BODY_BYTES = 1 + 4 + 4
+/** flags, instance, sendBase, lossHint | recvBase, received, largestPn, ackDelay, count, needed[] | block, blockBytes, esi(24). */
+const FIXED_BODY_BYTES = 1 + 4 + 4 + 1
 const ACK_BYTES = 4 + 4 + 4 + 2 + 1 + 2 * MAX_OPEN_BLOCKS
 const SYMBOL_HEADER_BYTES = 4 + 4 + 3
 /** Body bytes around a symbol's data, at most. */
@@ -93,6 +110,8 @@ export interface Body {
   flags: number
   instance: number
   sendBase: number
+  /** The sender's estimate of its own outgoing loss, in 255ths: the peer's first guess for the way back. */
+  lossHint?: number
   ack?: Ack
   symbol?: { block: number; blockBytes: number; esi: number; data: Uint8Array }
 }
@@ -106,7 +125,8 @@ export function encodeBody(b: Body): Uint8Array {
   out[o++] = b.flags | (b.ack ? Flag.ACK : 0) | (b.symbol ? Flag.SYMBOL : 0)
   v.setUint32(o, b.instance >>> 0)
   v.setUint32(o + 4, b.sendBase >>> 0)
-  o += 8
+  out[o + 8] = b.lossHint ?? 0
+  o += 9
   if (b.ack) {
     const a = b.ack
     v.setUint32(o, a.recvBase >>> 0)
@@ -139,8 +159,8 @@ export function decodeBody(bytes: Uint8Array): Body {
   if (bytes.length < FIXED_BODY_BYTES) bad('too short')
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   const flags = bytes[0]!
-  if (flags & ~0x0f) bad('unknown flags')
-  const body: Body = { flags, instance: v.getUint32(1), sendBase: v.getUint32(5) }
+  if (flags & ~0x1f) bad('unknown flags')
+  const body: Body = { flags, instance: v.getUint32(1), sendBase: v.getUint32(5), lossHint: bytes[9]! }
   let o = FIXED_BODY_BYTES
   if (flags & Flag.ACK) {
     if (bytes.length < o + 15) bad('ack cut short')
@@ -229,6 +249,8 @@ export interface DatagramSessionOptions {
    * client's first frame).
    */
   opener?: boolean
+  /** The loss to assume until acks measure it (default INITIAL_LOSS); a client passes what it measured on its last connection. */
+  initialLoss?: number
 }
 
 export interface DatagramStats {
@@ -252,7 +274,13 @@ export class DatagramSession {
   private timerAt = Number.POSITIVE_INFINITY
 
   // sending
-  private pending: Uint8Array[] = []
+  /**
+   * Frames not yet in a block, one lane per priority (highest drained
+   * first), each entry a whole length-prefixed frame. `partial` is the rest
+   * of a frame a block cut in two: it goes first, so frames never interleave.
+   */
+  private lanes = new Map<number, Uint8Array[]>()
+  private partial: Uint8Array | undefined
   private pendingBytes = 0
   private readonly out = new Map<number, OutBlock>()
   private nextBlock = 0
@@ -264,6 +292,8 @@ export class DatagramSession {
   private lastAckPn = -1
   private lossMark: { pn: number; received: number } | undefined
   private lossSamples = 0
+  /** The peer's hint (Body.lossHint) of the loss on its way here, 0..1; undefined until heard. */
+  private peerHint: number | undefined
 
   // receiving
   private recvBase = 0
@@ -280,6 +310,11 @@ export class DatagramSession {
   /** When data last started waiting after none did (silence is counted from here or the last packet heard, whichever is later). */
   private waitingSince = 0
   private nextProbeAt = 0
+  private lastSentAt = Number.NEGATIVE_INFINITY
+  private pingsLeft = 0
+  /** When the peer last sent data (a symbol), and when this end last pinged. */
+  private lastDataHeardAt = Number.NEGATIVE_INFINITY
+  private lastPingAt = Number.NEGATIVE_INFINITY
   private lastDupBurstAt = Number.NEGATIVE_INFINITY
   private probesLeft = 0
 
@@ -291,6 +326,7 @@ export class DatagramSession {
     if (!(Number.isInteger(mtu) && mtu >= MIN_MTU && mtu <= MAX_MTU)) throw new RangeError(`mtu must be ${MIN_MTU}..${MAX_MTU}, got ${mtu}`)
     this.symbolSize = mtu - o.packetOverhead - BODY_OVERHEAD_BYTES
     this.rateKbps = o.rateKbps ?? DEFAULT_RATE_KBPS
+    if (o.initialLoss !== undefined) this.loss = this.stats.loss = Math.min(MAX_LOSS_ESTIMATE, Math.max(0, o.initialLoss))
     if (!(this.rateKbps > 0)) throw new RangeError(`rate must be > 0 kbit/s, got ${this.rateKbps}`)
     const r = new DataView(o.env.randomBytes(8).buffer)
     this.instance = r.getUint32(0)
@@ -298,6 +334,24 @@ export class DatagramSession {
     this.nextPn = r.getUint32(4) >>> 1
     this.lastHeardAt = this.now()
     if (o.opener) this.armAt(this.lastHeardAt)
+  }
+
+  /**
+   * A keepalive is due (the opener only, once it has heard the peer): after
+   * KEEPALIVE_MS of sending nothing, or as soon as a peer that was sending
+   * data has gone silent for a silence period (a relay killed mid-reply:
+   * the restarted one answers the ping with RESET). Answers to pings carry
+   * no data, so an idle connection is pinged every KEEPALIVE_MS, no more.
+   */
+  private pingDue(now: number): boolean {
+    if (this.o.opener !== true || this.received === 0) return false
+    if (this.pingsLeft > 0 || now - this.lastSentAt >= KEEPALIVE_MS) return true
+    return this.lastDataHeardAt > this.lastPingAt && now - this.lastDataHeardAt >= this.silenceMs()
+  }
+
+  private pingDueAt(): number {
+    const regular = this.lastSentAt + KEEPALIVE_MS
+    return this.lastDataHeardAt > this.lastPingAt ? Math.min(regular, this.lastDataHeardAt + this.silenceMs()) : regular
   }
 
   /** An opener with nothing to send that has not heard from the peer yet. */
@@ -333,18 +387,35 @@ export class DatagramSession {
     return this.env.clock.now()
   }
 
+  /** The loss measured on the way out, or undefined if no ack has measured it yet. */
+  get measuredLoss(): number | undefined {
+    return this.lossSamples > 0 ? this.loss : undefined
+  }
+
   get isClosed(): boolean {
     return this.closed
   }
 
-  /** Queue one frame; it arrives whole, in order, once. */
-  send(frame: Uint8Array): void {
+  /**
+   * Queue one frame; it arrives whole, once, and in order with the frames
+   * of its priority. A higher `priority` overtakes every queued frame of
+   * lower priority not yet put into a block (an urgent report need not wait
+   * behind a video's queued chunks).
+   */
+  send(frame: Uint8Array, priority = 0): void {
     if (this.closed) return
     if (this.out.size === 0 && this.pendingBytes === 0) this.waitingSince = this.now()
-    const len = new Uint8Array(4)
-    new DataView(len.buffer).setUint32(0, frame.length)
-    this.pending.push(len, frame)
-    this.pendingBytes += 4 + frame.length
+    const entry = new Uint8Array(4 + frame.length)
+    new DataView(entry.buffer).setUint32(0, frame.length)
+    entry.set(frame, 4)
+    let lane = this.lanes.get(priority)
+    if (!lane) {
+      lane = []
+      this.lanes.set(priority, lane)
+      this.lanes = new Map([...this.lanes].sort((a, b) => b[0] - a[0]))
+    }
+    lane.push(entry)
+    this.pendingBytes += entry.length
     // Frames written in one go share a block: form it on the next turn, not now.
     this.armAt(this.now())
   }
@@ -379,7 +450,8 @@ export class DatagramSession {
     this.closed = true
     if (this.timer !== undefined) this.env.timers.clearTimeout(this.timer)
     this.timer = undefined
-    this.pending = []
+    this.lanes.clear()
+    this.partial = undefined
     this.out.clear()
     this.decoders.clear()
     this.ready.clear()
@@ -405,11 +477,14 @@ export class DatagramSession {
       this.largestPn = pn
       this.largestAt = now
     }
+    if (body.lossHint !== undefined && body.lossHint > 0) this.peerHint = body.lossHint / 255
     if (this.peerInstance === undefined) this.peerInstance = body.instance
     else if (body.instance !== this.peerInstance) return this.finish('peer restarted')
     if (body.flags & Flag.RESET) return this.finish('peer reset the connection')
     if (body.ack) this.onAck(body.ack)
     if (body.flags & Flag.CLOSE) return this.finish('closed by peer')
+    // A keepalive: answer it, in a burst sized to the reverse loss.
+    if (body.flags & Flag.PING) this.owe(this.ackBurst() * ACK_EVERY)
     if (body.sendBase > this.recvBase) return this.reset('peer lost blocks it took as delivered')
     if (body.symbol) {
       try {
@@ -423,6 +498,7 @@ export class DatagramSession {
   }
 
   private onSymbol(s: NonNullable<Body['symbol']>): void {
+    this.lastDataHeardAt = this.now()
     if (s.block < this.recvBase || this.ready.has(s.block)) {
       // The sender lacks an ack for a block this end has: answer with a burst
       // (one ack alone is lost as often as any packet), at most once per round trip.
@@ -462,8 +538,9 @@ export class DatagramSession {
   private plannedLoss(): number {
     if (this.lossSamples > 0) return this.loss
     const span = this.largestPn - this.firstPn + 1
-    if (this.firstPn < 0 || span < 4) return this.loss
-    return Math.min(MAX_LOSS_ESTIMATE, Math.max(this.loss, 1 - this.received / span))
+    if (this.firstPn >= 0 && span >= 8) return Math.min(MAX_LOSS_ESTIMATE, 1 - this.received / span)
+    // The peer's own measure of the link (the way here; the way back is usually alike), else the prior.
+    return this.peerHint ?? this.loss
   }
 
   private ackBurst(): number {
@@ -577,11 +654,12 @@ export class DatagramSession {
 
   private transmitBody(b: Body): number {
     const pn = this.nextPn++
-    const bytes = encodeBody(b)
+    const bytes = encodeBody({ ...b, lossHint: this.lossSamples > 0 ? Math.max(1, Math.round(this.loss * 255)) : 0 })
     this.sentAt.set(pn, this.now())
     if (this.sentAt.size > 4096) this.sentAt.delete(this.sentAt.keys().next().value!)
     this.stats.packetsSent++
     this.stats.bytesSent += bytes.length + this.o.packetOverhead
+    this.lastSentAt = this.now()
     this.o.transmit(pn, bytes)
     return bytes.length + this.o.packetOverhead + IP_UDP_BYTES
   }
@@ -603,12 +681,21 @@ export class DatagramSession {
     const max = MAX_BLOCK_SYMBOLS * this.symbolSize
     const parts: Uint8Array[] = []
     let size = 0
-    while (this.pending.length > 0 && size < max) {
-      const p = this.pending[0]!
+    const next = (): Uint8Array | undefined => {
+      if (this.partial) {
+        const p = this.partial
+        this.partial = undefined
+        return p
+      }
+      for (const lane of this.lanes.values()) if (lane.length > 0) return lane.shift()
+      return undefined
+    }
+    while (size < max) {
+      const p = next()
+      if (!p) break
       const take = Math.min(p.length, max - size)
       parts.push(take === p.length ? p : p.subarray(0, take))
-      if (take === p.length) this.pending.shift()
-      else this.pending[0] = p.subarray(take)
+      if (take < p.length) this.partial = p.subarray(take)
       size += take
     }
     this.pendingBytes -= size
@@ -619,15 +706,23 @@ export class DatagramSession {
       o += p.length
     }
     const id = this.nextBlock++
-    const b: OutBlock = { id, enc: new BlockEncoder(id, data, this.symbolSize), bytes: size, nextEsi: 0, needed: 0, inflight: [] }
+    // A block of one symbol (a HELLO, an ack frame, a short report) travels in a packet its own size.
+    const symbolSize = Math.max(1, Math.min(this.symbolSize, size))
+    const b: OutBlock = { id, enc: new BlockEncoder(id, data, symbolSize), bytes: size, nextEsi: 0, needed: 0, inflight: [] }
     b.needed = b.enc.k
     this.out.set(id, b)
     return b
   }
 
+  private openBytes(): number {
+    let n = 0
+    for (const b of this.out.values()) n += b.bytes
+    return n
+  }
+
   private pick(now: number, rto: number): OutBlock | undefined {
     for (const b of this.out.values()) if (this.wants(b, now, rto, 0.5)) return b
-    if (this.pendingBytes > 0 && this.out.size < MAX_OPEN_BLOCKS) return this.formBlock()
+    if (this.pendingBytes > 0 && this.out.size < MAX_OPEN_BLOCKS && this.openBytes() < MAX_OPEN_BYTES) return this.formBlock()
     // The link would idle: spend it on the open blocks' chances of decoding this round.
     for (const b of this.out.values()) if (this.wants(b, now, rto, ROUND_CONFIDENCE)) return b
     return undefined
@@ -637,7 +732,8 @@ export class DatagramSession {
     if (this.closed) return
     const now = this.now()
     const rto = this.rto(now)
-    if ((this.out.size > 0 || this.pendingBytes > 0) && now - this.quietSince() > DEAD_AFTER_MS) {
+    // With data waiting, or (for the opener, which keeps pinging) at any time.
+    if ((this.out.size > 0 || this.pendingBytes > 0 || (this.o.opener && this.received > 0)) && now - this.quietSince() > DEAD_AFTER_MS) {
       this.finish(`no packet from the peer in ${DEAD_AFTER_MS / 1000} s`)
       return
     }
@@ -669,6 +765,12 @@ export class DatagramSession {
         this.stats.symbolsSent++
         bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: this.sendBase(), ack: this.ack(), symbol: { block: b.id, blockBytes: b.bytes, esi, data: b.enc.symbol(esi) } })
         this.acksOwed = Math.max(0, this.acksOwed - ACK_EVERY)
+      } else if (this.pingDue(now)) {
+        // A burst sized to the loss (any one will do), paced like everything else.
+        if (this.pingsLeft <= 0) this.pingsLeft = this.ackBurst()
+        this.pingsLeft--
+        this.lastPingAt = now
+        bytes = this.transmitBody({ flags: Flag.PING, instance: this.instance, sendBase: this.sendBase(), ack: this.ack() })
       } else if (this.acksOwed >= ACK_EVERY || (this.acksOwed > 0 && now - (this.ackOwedSince ?? now) >= ACK_DELAY_MS)) {
         bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: this.sendBase(), ack: this.ack() })
         this.acksOwed = Math.max(0, this.acksOwed - ACK_EVERY)
@@ -690,6 +792,9 @@ export class DatagramSession {
       next = Math.min(next, this.wants(b, now, rto, ROUND_CONFIDENCE) ? this.nextSendAt : earliest)
     }
     if (this.out.size > 0 || this.pendingBytes > 0) next = Math.min(next, this.quietSince() + DEAD_AFTER_MS + 1)
+    if (this.o.opener && this.received > 0) {
+      next = Math.min(next, Math.max(this.nextSendAt, this.pingsLeft > 0 ? 0 : this.pingDueAt()), this.quietSince() + DEAD_AFTER_MS + 1)
+    }
     if (this.silent(now) || this.probing()) {
       // Only probes go out now; the next is due at nextProbeAt (acks owed still count).
       next = Math.min(this.acksOwed > 0 ? next : Number.POSITIVE_INFINITY, Math.max(this.nextSendAt, this.nextProbeAt))

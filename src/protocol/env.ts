@@ -24,7 +24,8 @@ export interface Env {
 
 /** A bidirectional frame pipe handed to an engine; the driver owns the socket. */
 export interface Link {
-  send(frame: Uint8Array): void
+  /** `priority` (Priority in envelope.ts): a transport may let higher ones overtake queued lower ones. */
+  send(frame: Uint8Array, priority?: number): void
   close(reason?: string): void
 }
 

@@ -89,6 +89,8 @@ interface Host {
   /** Its reports' envelope bytes accepted, counted once per relay that accepted them. */
   acceptedBytes: number
   wireBytes: number
+  /** The datagram transport's memory of the loss to each relay, as a real client process keeps it. */
+  lossMemory: Map<string, number>
 }
 
 interface SimRelay {
@@ -233,6 +235,7 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
       open: new Set(),
       acceptedBytes: 0,
       wireBytes: 0,
+      lossMemory: new Map(),
       ctx: undefined as unknown as ClientContext,
     }
     if (field) {
@@ -294,7 +297,7 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
       sched,
       boxPublicKey(sr.secretKey),
       (packet) => h.path.up.send(packet.length + IP_UDP_BYTES, () => sr.up && sr.datagram?.receive(packet, addr)),
-      { mtu: o.mtu - IP_UDP_BYTES, rateKbps: o.rateKbps ?? o.bandwidthKbps },
+      { mtu: o.mtu - IP_UDP_BYTES, rateKbps: o.rateKbps ?? o.bandwidthKbps, lossMemory: h.lossMemory },
     )
     return c.conn
   }
@@ -304,12 +307,12 @@ export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualM
     if (field) {
       // Note when each report's first PUT leaves: a transfer's time starts there.
       const send = conn.link.send
-      conn.link.send = (frame) => {
+      conn.link.send = (frame, priority) => {
         if (frame[0] === FrameType.PUT) {
           const id = toHex(frame.subarray(1, 33))
           if (enqueuedAt.has(id) && !firstFrameAt.has(id)) firstFrameAt.set(id, sched.now)
         }
-        send(frame)
+        send(frame, priority)
       }
     }
     return conn

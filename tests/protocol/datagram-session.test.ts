@@ -404,9 +404,9 @@ const symbolArb = fc
   .uint8Array({ minLength: 1, maxLength: 300 })
   .chain((data) => fc.record({ block: u32, blockBytes: fc.integer({ min: 1, max: MAX_BLOCK_SYMBOLS * data.length }), esi: fc.nat({ max: 0xffffff }), data: fc.constant(data) }))
 const bodyArb: fc.Arbitrary<Body> = fc
-  .record({ flags: fc.constantFrom(0, 4, 8, 12), instance: u32, sendBase: u32, ack: fc.option(ackArb, { nil: undefined }), symbol: fc.option(symbolArb, { nil: undefined }) })
+  .record({ flags: fc.constantFrom(0, 4, 8, 12, 16, 20), instance: u32, sendBase: u32, lossHint: fc.nat({ max: 255 }), ack: fc.option(ackArb, { nil: undefined }), symbol: fc.option(symbolArb, { nil: undefined }) })
   .map((b) => {
-    const out: Body = { flags: b.flags | (b.ack ? 2 : 0) | (b.symbol ? 1 : 0), instance: b.instance, sendBase: b.sendBase }
+    const out: Body = { flags: b.flags | (b.ack ? 2 : 0) | (b.symbol ? 1 : 0), instance: b.instance, sendBase: b.sendBase, lossHint: b.lossHint }
     if (b.ack) out.ack = b.ack
     if (b.symbol) out.symbol = b.symbol
     return out
@@ -439,9 +439,9 @@ describe('encodeBody / decodeBody', () => {
     const anyBytes = fc.oneof(
       fc.uint8Array({ maxLength: 80 }),
       // Mostly valid flags, so the property reaches past the first byte.
-      fc.tuple(fc.nat({ max: 15 }), fc.uint8Array({ maxLength: 80 })).map(([f, rest]) => Uint8Array.of(f, ...rest)),
+      fc.tuple(fc.nat({ max: 31 }), fc.uint8Array({ maxLength: 80 })).map(([f, rest]) => Uint8Array.of(f, ...rest)),
       // A valid ack-and-symbol header with garbage after it.
-      fc.tuple(fc.nat({ max: 15 }), fc.uint8Array({ minLength: 8, maxLength: 8 }), fc.nat({ max: 10 }), fc.uint8Array({ maxLength: 60 })).map(([f, ib, n, rest]) => {
+      fc.tuple(fc.nat({ max: 31 }), fc.uint8Array({ minLength: 9, maxLength: 9 }), fc.nat({ max: 10 }), fc.uint8Array({ maxLength: 60 })).map(([f, ib, n, rest]) => {
         const ack = new Uint8Array(15)
         ack[14] = n
         return Uint8Array.of(f | 2, ...ib, ...ack, ...rest)
@@ -505,10 +505,10 @@ describe('encodeBody / decodeBody', () => {
   })
 
   it('rejects what the strict decoder promises to reject', () => {
-    const base: Body = { flags: 0, instance: 1, sendBase: 2, ack: { recvBase: 0, received: 0, largestPn: 0, ackDelay: 0, needed: [1, 2] } }
+    const base: Body = { flags: 0, instance: 1, sendBase: 2, lossHint: 0, ack: { recvBase: 0, received: 0, largestPn: 0, ackDelay: 0, needed: [1, 2] } }
     const bytes = encodeBody(base)
     // Unknown flag bits.
-    for (const f of [0x10, 0x20, 0x40, 0x80]) expectProtocolError(Uint8Array.of(bytes[0]! | f, ...bytes.subarray(1)))
+    for (const f of [0x20, 0x40, 0x80]) expectProtocolError(Uint8Array.of(bytes[0]! | f, ...bytes.subarray(1)))
     // More than MAX_OPEN_BLOCKS needed entries.
     expectProtocolError(encodeBody({ ...base, ack: { ...base.ack!, needed: new Array<number>(MAX_OPEN_BLOCKS + 1).fill(1) } }))
     // A block larger than MAX_BLOCK_SYMBOLS symbols of this size, and an empty block.

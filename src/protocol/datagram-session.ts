@@ -65,6 +65,8 @@ export const INITIAL_RTO_MS = 1000
 export const MIN_RTO_MS = 100
 /** The longest wait between rounds while the peer is silent. */
 export const MAX_SILENT_RTO_MS = 30_000
+/** While the link seems down, a PING at least this often (spacing grows with the silence up to it). */
+export const PROBE_INTERVAL_MS = 2_000
 /** Silence shorter than this never counts as the link being down. */
 export const MIN_SILENCE_MS = 3_000
 /**
@@ -360,11 +362,10 @@ export class DatagramSession {
   }
 
   /**
-   * Data waits and the peer has said nothing for two timeouts: the link is
-   * likely down (a blackout). Rather than send every block's repair into
-   * the void each round, send a few probe packets (symbols of the oldest
-   * block, useful if they arrive) per stretched timeout, and go back to
-   * full speed at the first packet heard.
+   * Data waits and the peer has said nothing for a silence period: the
+   * link is likely down (a blackout). Rather than send every block's repair
+   * into the void each round, send small PINGs a second or two apart, and
+   * go back to full speed at the first packet heard.
    */
   private silent(now: number): boolean {
     return this.out.size > 0 && now - this.quietSince() > this.silenceMs()
@@ -621,6 +622,10 @@ export class DatagramSession {
     }
   }
 
+  private probeInterval(now: number): number {
+    return Math.min(PROBE_INTERVAL_MS, Math.max(this.baseRto() / 2, (now - this.quietSince()) / 16))
+  }
+
   private baseRto(): number {
     return this.srtt === undefined ? INITIAL_RTO_MS : Math.max(MIN_RTO_MS, this.srtt + 4 * this.rttvar + ACK_DELAY_MS)
   }
@@ -742,18 +747,19 @@ export class DatagramSession {
       let bytes: number
       if (quiet) {
         if (now < this.nextProbeAt) break
-        // A few at once (any one will do), then again a timeout later.
-        const first = this.out.values().next().value
-        if (first) {
-          const esi = first.nextEsi++
-          first.inflight.push({ pn: this.nextPn, at: now })
-          this.stats.symbolsSent++
-          bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: this.sendBase(), ack: this.ack(), symbol: { block: first.id, blockBytes: first.bytes, esi, data: first.enc.symbol(esi) } })
+        if (this.out.size > 0) {
+          // The link seems down with data waiting: one small PING at a time,
+          // spaced (PROBE_INTERVAL_MS at most), so a window that opens is
+          // noticed within seconds at a few dozen bytes a second. The peer
+          // answers a PING with a burst of acks, and full speed resumes.
+          bytes = this.transmitBody({ flags: Flag.PING, instance: this.instance, sendBase: this.sendBase(), ack: this.ack() })
+          this.nextProbeAt = now + this.probeInterval(now)
         } else {
+          // Opening: a few empty packets at once (any one will do), again a timeout later.
           bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: 0 })
+          if (this.probesLeft <= 0) this.probesLeft = this.ackBurst()
+          if (--this.probesLeft === 0) this.nextProbeAt = now + rto
         }
-        if (this.probesLeft <= 0) this.probesLeft = this.ackBurst()
-        if (--this.probesLeft === 0) this.nextProbeAt = now + rto
         this.nextSendAt = Math.max(this.nextSendAt, now) + (bytes * 8) / this.rateKbps
         continue
       }

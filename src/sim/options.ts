@@ -7,6 +7,7 @@
  */
 import { parseDuration } from '../protocol/duration.js'
 import { InputError } from '../protocol/errors.js'
+import { MAX_FILE_BYTES } from '../protocol/envelope.js'
 import { GilbertLoss, type LossModelName } from './link.js'
 
 export interface SimOptions {
@@ -184,7 +185,7 @@ function set(o: SimOptions, key: string, v: unknown): void {
       o.messages = int(flag, v, 0, 100_000)
       break
     case 'size':
-      o.size = v === 'mix' ? 'mix' : int(flag, v, 1, 16 * 1024 * 1024)
+      o.size = v === 'mix' ? 'mix' : int(flag, v, 1, MAX_FILE_BYTES)
       break
     case 'loss':
       o.loss = fraction(flag, v, 0.99)

@@ -23,6 +23,7 @@ import {
   MAX_OPEN_BLOCKS,
   MAX_SILENT_RTO_MS,
   MIN_SILENCE_MS,
+  PROBE_INTERVAL_MS,
   ROUND_CONFIDENCE,
   sendsFor,
 } from '../../src/protocol/datagram-session.js'
@@ -357,8 +358,10 @@ describe('DatagramSession: long silences', () => {
     await runUntil(p, () => p.b.frames.length >= frames.length, 900_000)
     expectFrames(p.b.frames, frames)
     expect(p.a.closes).toEqual([])
-    // Quiet during the blackout: a few probes per stretched timeout, not the link's worth.
-    expect(p.ab.log.filter((s) => s.at >= 10_000 && s.at < 302_000).length).toBeLessThan(100)
+    // Quiet during the blackout: small PINGs a couple of seconds apart (PROBE_INTERVAL_MS), not the link's worth.
+    const inBlackout = p.ab.log.filter((s) => s.at >= 10_000 && s.at < 302_000)
+    expect(inBlackout.length).toBeLessThan(292_000 / PROBE_INTERVAL_MS + 20)
+    expect(inBlackout.reduce((n, s) => n + s.body.length, 0)).toBeLessThan(inBlackout.length * 80)
     // And back within a stretched timeout (MAX_SILENT_RTO_MS) plus a second round of it.
     expect(p.b.frameAt.at(-1)!).toBeLessThan(302_000 + 2 * MAX_SILENT_RTO_MS + (300_000 * 8) / 500 / 0.8 * 1.5)
   })
@@ -798,4 +801,116 @@ describe('DatagramSession over sealed packets', () => {
     expectFrames(got.client, frames, 'relay → client (echo)')
     expect(rejected).toBeGreaterThan(0)
   })
+})
+
+// ---------------------------------------------------------------------------
+// Priorities
+// ---------------------------------------------------------------------------
+
+describe('priorities', () => {
+  const same = (x: Uint8Array, y: Uint8Array): boolean => Buffer.from(x).equals(Buffer.from(y))
+
+  /** Split what arrived by the frames each priority sent (all frames distinct); every frame must be one of them. */
+  function byLane(got: Uint8Array[], lanes: Map<number, Uint8Array[]>): Map<number, Uint8Array[]> {
+    const index = new Map<string, number>()
+    for (const [prio, frames] of lanes) for (const f of frames) index.set(Buffer.from(f).toString('base64'), prio)
+    const out = new Map<number, Uint8Array[]>([...lanes.keys()].map((k) => [k, []]))
+    for (const f of got) {
+      const prio = index.get(Buffer.from(f).toString('base64'))
+      expect(prio, `a frame of ${f.length} bytes that no lane sent (cut, merged or corrupted)`).toBeDefined()
+      out.get(prio!)!.push(f)
+    }
+    return out
+  }
+
+  const LOW_FRAME = 60_000
+  const LOW_FRAMES = 34 // 2.04 MB
+
+  for (const loss of [0, 0.5]) {
+    it(`loss ${loss}: a small priority-2 frame queued 5 ms after 2 MB of priority-1 frames arrives before a quarter of them; each priority in order, every frame once`, async () => {
+      const p = makePair({ seed: 300 + loss * 10, link: { loss, delayMs: 40 }, rateKbps: 4000 })
+      const low = Array.from({ length: LOW_FRAMES }, (_, i) => frame(LOW_FRAME, 3000 + i))
+      for (const f of low) p.a.session.send(f, 1)
+      const urgent = frame(300, 3999)
+      const T = 5
+      p.sched.at(EPOCH_MS + T, () => p.a.session.send(urgent, 2))
+      await runUntil(p, () => p.b.frames.length >= low.length + 1, 600_000)
+      // Let the link settle: nothing more arrives, nothing closes.
+      await p.sched.run(p.sched.now + 30_000)
+      expect(p.a.closes).toEqual([])
+      expect(p.b.closes).toEqual([])
+
+      const lanes = byLane(p.b.frames, new Map([[1, low], [2, [urgent]]]))
+      expectFrames(lanes.get(1)!, low, 'priority 1')
+      expectFrames(lanes.get(2)!, [urgent], 'priority 2')
+      expect(p.b.frames).toHaveLength(low.length + 1)
+
+      const ui = p.b.frames.findIndex((f) => same(f, urgent))
+      const lowBytesBefore = ui * LOW_FRAME // every frame before it is a priority-1 frame
+      const urgentAt = p.b.frameAt[ui]!
+      const lastLowAt = p.b.frameAt.at(-1)!
+      // By bytes: at most the blocks open when it was queued (MAX_OPEN_BYTES) went ahead of it.
+      expect(lowBytesBefore).toBeLessThan(0.25 * LOW_FRAMES * LOW_FRAME)
+      // And by time: long before the last priority-1 frame.
+      expect(urgentAt).toBeLessThan(0.25 * lastLowAt)
+      // Nothing after it but priority-1 frames, in order (checked above); and it did overtake most of them.
+      expect(low.length - ui).toBeGreaterThan(0.75 * low.length)
+    })
+  }
+
+  it('frames queued together in three priorities arrive highest first, each priority in order', async () => {
+    const p = makePair({ seed: 310, link: { loss: 0.3, delayMs: 30 }, rateKbps: 4000 })
+    const lanes = new Map<number, Uint8Array[]>([
+      [0, mixedFrames(311, 8)],
+      [1, mixedFrames(312, 8)],
+      [5, mixedFrames(313, 8)],
+    ])
+    // Interleaved sends, all in one turn: the first block is formed after them.
+    for (let i = 0; i < 8; i++) for (const prio of [0, 5, 1]) p.a.session.send(lanes.get(prio)![i]!, prio)
+    await runUntil(p, () => p.b.frames.length >= 24, 600_000)
+    await p.sched.run(p.sched.now + 30_000)
+    expectFrames(p.b.frames, [...lanes.get(5)!, ...lanes.get(1)!, ...lanes.get(0)!])
+    expect(p.a.closes).toEqual([])
+  })
+
+  for (const loss of [0, 0.3]) {
+    it(`loss ${loss}: a frame a block cut in two is finished before an overtaking frame starts; frames arrive whole, byte for byte`, async () => {
+      // Small packets (mtu 400: blocks of ~37 KB), so every 60 KB frame spans two or three blocks and
+      // the overtaking frames are queued while one is cut: they must wait for its rest.
+      const p = makePair({ seed: 320 + loss * 10, mtu: 400, link: { loss, delayMs: 30, jitterMs: 10 }, rateKbps: 4000 })
+      const blockBytes = MAX_BLOCK_SYMBOLS * p.a.session.symbolSize
+      expect(LOW_FRAME).toBeGreaterThan(blockBytes)
+      const low = Array.from({ length: 16 }, (_, i) => frame(LOW_FRAME, 3100 + i))
+      for (const f of low) p.a.session.send(f, 0)
+      // Overtaking frames of two priorities, some of them spanning blocks themselves, sent at odd moments.
+      const mid = Array.from({ length: 6 }, (_, i) => frame(i % 2 ? 45_000 : 700 + i, 3200 + i))
+      const high = Array.from({ length: 12 }, (_, i) => frame(i % 3 === 2 ? 50_000 : 1 + 97 * i, 3300 + i))
+      let sentWhileCut = 0
+      const cut = (): boolean => (p.a.session as unknown as { partial: Uint8Array | undefined }).partial !== undefined
+      mid.forEach((f, i) => p.sched.at(EPOCH_MS + 40 + i * 311, () => p.a.session.send(f, 1)))
+      high.forEach((f, i) =>
+        p.sched.at(EPOCH_MS + 17 + i * 173, () => {
+          if (cut()) sentWhileCut++
+          p.a.session.send(f, 2)
+        }),
+      )
+      const total = low.length + mid.length + high.length
+      await runUntil(p, () => p.b.frames.length >= total, 600_000)
+      await p.sched.run(p.sched.now + 30_000)
+      expect(p.a.closes).toEqual([])
+      expect(p.b.closes).toEqual([])
+      // The case under test did happen: overtaking frames were queued while a frame was cut.
+      expect(sentWhileCut).toBeGreaterThan(3)
+
+      // Whole, byte for byte, once, and in order within each priority.
+      const got = byLane(p.b.frames, new Map([[0, low], [1, mid], [2, high]]))
+      expectFrames(got.get(0)!, low, 'priority 0')
+      expectFrames(got.get(1)!, mid, 'priority 1')
+      expectFrames(got.get(2)!, high, 'priority 2')
+      expect(p.b.frames).toHaveLength(total)
+      // And they did overtake: every priority-2 frame arrived before the last priority-0 frame.
+      const lastLow = p.b.frames.findIndex((f) => same(f, low.at(-1)!))
+      for (const f of high) expect(p.b.frames.findIndex((g) => same(g, f))).toBeLessThan(lastLow)
+    })
+  }
 })

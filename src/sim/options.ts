@@ -291,6 +291,12 @@ export function validate(o: SimOptions): SimOptions {
   return o
 }
 
+/** A swept value as JSON: a number where it is one (loss=0.5), else the text (size=mix, transport=datagram). */
+export function sweepValue(v: string): number | string {
+  const n = Number(v)
+  return v.trim() !== '' && Number.isFinite(n) ? n : v
+}
+
 /** Parse a `--sweep NAME=v1,v2,…` value. */
 export function parseSweep(s: string): { name: string; values: string[] } {
   const m = /^([a-z-]+)=(.+)$/i.exec(s.trim())

@@ -5,7 +5,7 @@
  */
 import vega from 'vega'
 import * as vl from 'vega-lite'
-import type { SimOptions } from './options.js'
+import { type SimOptions, sweepValue } from './options.js'
 import type { SimResult, SimTrace } from './world.js'
 
 export interface ReportRun {
@@ -66,7 +66,8 @@ export async function renderReport(runs: readonly ReportRun[], sweep?: string): 
     ['Latency, queued → inbox (CDF)', steps(cdf, ['minutes', 'latency (min)'], ['fraction', 'fraction of delivered reports', 1])],
   ]
   if (sweep && runs.length > 1) {
-    const rows = runs.map((r) => ({ value: Number(r.value), wire_per_payload: r.result.wire_per_payload, capacity_ratio: r.result.capacity_ratio, delivery_ratio: r.result.delivery_ratio }))
+    const rows = runs.map((r) => ({ value: sweepValue(r.value ?? ''), wire_per_payload: r.result.wire_per_payload, capacity_ratio: r.result.capacity_ratio, delivery_ratio: r.result.delivery_ratio }))
+    const numeric = rows.every((r) => typeof r.value === 'number')
     for (const [field, title] of [
       ['wire_per_payload', 'bytes on the field links per payload byte'],
       ['capacity_ratio', 'capacity ratio (1.0 = erasure-channel limit)'],
@@ -78,8 +79,9 @@ export async function renderReport(runs: readonly ReportRun[], sweep?: string): 
           width: 640,
           height: 220,
           data: { values: rows },
-          mark: { type: 'line', point: true },
-          encoding: { x: { field: 'value', type: 'quantitative', title: sweep }, y: { field, type: 'quantitative', title } },
+          // Numbers on a line; names (size=mix, transport=datagram) as bars.
+          mark: numeric ? { type: 'line', point: true } : { type: 'bar' },
+          encoding: { x: { field: 'value', type: numeric ? 'quantitative' : 'nominal', title: sweep, sort: null }, y: { field, type: 'quantitative', title } },
         },
       ])
     }

@@ -2,7 +2,7 @@
 import { readFile, writeFile } from 'node:fs/promises'
 import { InputError } from '../protocol/errors.js'
 import { LiveLine } from '../client/progress.js'
-import { applyOptions, DEFAULTS, parseSweep, type SimOptions, withProfile } from './options.js'
+import { applyOptions, DEFAULTS, parseSweep, type SimOptions, sweepValue, withProfile } from './options.js'
 import { runSim, type SimResult, type SimTrace } from './world.js'
 
 export interface SimCliOptions {
@@ -79,7 +79,7 @@ export async function cmdSim(cli: SimCliOptions, out: (s: string) => void = (s) 
   }
   live.done()
   if (cli.json) {
-    if (sweep) out(JSON.stringify(results.map((r) => ({ [sweep.name]: Number(r.value), ...r.result }))))
+    if (sweep) out(JSON.stringify(results.map((r) => ({ [sweep.name]: sweepValue(r.value!), ...r.result }))))
     else out(JSON.stringify(results[0]!.result))
   } else {
     for (const r of results) out(table(r.result, r.options) + '\n')

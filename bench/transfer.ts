@@ -7,7 +7,7 @@
  * --size bytes goes up over the datagram transport and then over WebSocket;
  * the simulator runs the same transfer with the same rate and loss.
  *
- *   npm run bench:transfer -- [--size 1000000] [--rate 512] [--loss 0.3,0.5,0.8] [--ws-timeout 180s] [--json FILE]
+ *   npm run bench:transfer -- [--size 1000000] [--rate 512] [--loss 0.3,0.5,0.8] [--ws-timeout 180s] [--json FILE] [--report FILE.html]
  *
  * capacity_ratio = payload bits accepted ÷ (rate × (1 − p) × seconds from
  * the first PUT to the relay's fsynced ack); 1.0 is the erasure-channel
@@ -22,6 +22,7 @@ import { LiveLine } from '../src/client/progress.js'
 import { parseDuration } from '../src/protocol/duration.js'
 import { applyOptions, DEFAULTS } from '../src/sim/options.js'
 import { runSim } from '../src/sim/world.js'
+import { esc, svg } from '../src/sim/report.js'
 import { createNetnsPair, netnsUnavailable, type NetnsPair } from './netns.js'
 
 // The built files, whether this module runs from dist/bench or (in tests) from bench/.
@@ -97,6 +98,7 @@ async function main(): Promise<void> {
   const losses = arg('loss', '0.3,0.5,0.8').split(',').map(Number)
   const wsTimeout = parseDuration(arg('ws-timeout', '180s'))
   const jsonFile = process.argv.includes('--json') ? arg('json', '') : undefined
+  const reportFile = process.argv.includes('--report') ? arg('report', '') : undefined
   const why = netnsUnavailable()
   if (why) {
     process.stderr.write(`bench:transfer needs network namespaces: ${why}\n`)
@@ -154,7 +156,43 @@ async function main(): Promise<void> {
   process.stdout.write(line(head) + '\n' + table.map(line).join('\n') + '\n\n')
   const json = JSON.stringify({ bench: 'transfer', node: process.version, size, rate_kbps: rate, rows })
   if (jsonFile) await writeFile(jsonFile, json + '\n')
+  if (reportFile) {
+    await writeFile(reportFile, await chartPage(rows, size, rate, head, table))
+    process.stdout.write(`report written to ${reportFile}\n`)
+  }
   process.stdout.write(json + '\n')
+}
+
+/** A self-contained page: the table and capacity ratio against loss for real UDP, the simulator and WebSocket. */
+async function chartPage(rows: Array<Record<string, unknown>>, size: number, rate: number, head: string[], table: string[][]): Promise<string> {
+  const values = rows.flatMap((r) => [
+    { loss: r.loss, path: 'UDP, real netns', capacity: r.udp_capacity_ratio ?? 0 },
+    { loss: r.loss, path: 'UDP, simulator', capacity: r.sim_capacity_ratio ?? 0 },
+    { loss: r.loss, path: 'WebSocket, real netns', capacity: r.ws_capacity_ratio ?? 0 },
+  ])
+  const chart = await svg({
+    width: 560,
+    height: 260,
+    data: { values },
+    mark: { type: 'bar' },
+    encoding: {
+      x: { field: 'loss', type: 'ordinal', title: 'packet loss each way' },
+      xOffset: { field: 'path' },
+      y: { field: 'capacity', type: 'quantitative', title: 'capacity ratio (1.0 = erasure-channel limit)', scale: { domain: [0, 1] } },
+      color: { field: 'path', type: 'nominal', title: null },
+    },
+  })
+  const tr = (cells: string[], tag: string): string => `<tr>${cells.map((c) => `<${tag}>${esc(c)}</${tag}>`).join('')}</tr>`
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>chapar bench:transfer</title>
+<style>body{font:14px/1.4 system-ui,sans-serif;max-width:760px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f4f4f4}</style>
+</head><body>
+<h1>chapar bench:transfer</h1>
+<p>One ${size.toLocaleString('en-US')}-byte report, ${rate} kbit/s each way, real packet loss each way between two network namespaces (nftables on ingress, tbf rate limit), and the simulator with the same settings. A missing bar: the transfer did not finish.</p>
+<table>${tr(head, 'th')}${table.map((t) => tr(t, 'td')).join('')}</table>
+${chart}
+</body></html>
+`
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) await main()

@@ -233,8 +233,16 @@ export class SyncSession {
     // PUT is self-describing: uploads need nothing from HELLO, so they go out
     // with the connection's first bytes (on the datagram transport, in its
     // very first packets) rather than a round trip later.
-    if (options.role === 'upload') this.enqueue(() => this.pumpUploads())
+    if (options.role === 'upload') {
+      this.enqueue(() => this.pumpUploads())
+      // Something queued while this session uploads: look within RESCAN_BUSY_MS, not at the next poll.
+      this.unwatch = ctx.outbox.watch(() => {
+        if (!this.uploadsIdle) this.wakeBy(Math.max(this.now(), this.lastScanAt + RESCAN_BUSY_MS + 1))
+      })
+    }
   }
+
+  private unwatch: (() => void) | undefined
 
   /** Did the relay ever answer on this connection? (The driver resets its backoff if so.) */
   get connectedOnce(): boolean {
@@ -368,6 +376,7 @@ export class SyncSession {
 
   private end(reason: string): void {
     this.finished = true
+    this.unwatch?.()
     if (this.tick !== undefined) this.ctx.env.timers.clearTimeout(this.tick)
     // A step of this session may still be running (the link died mid-step);
     // it takes no new lock once finished, and releases only locks it owns.
@@ -467,13 +476,19 @@ export class SyncSession {
       if (u.rec.priority < top) break
       budget = this.sendChunks(u, budget)
     }
-    while (budget > 0 && this.queue.length > 0) {
+    // A record of higher priority than everything under way opens even with the window full.
+    let topOpen = -1
+    for (const u of this.uploads.values()) topOpen = Math.max(topOpen, u.rec.priority)
+    while (this.queue.length > 0 && (budget > 0 || this.queue[0]!.priority > topOpen)) {
       const rec = this.queue.shift()!
       if (this.uploads.has(rec.id) || this.skip.has(rec.id)) continue
       const envelope = await this.ctx.outbox.envelope(rec.id)
       if (!envelope) continue // delivered or expired meanwhile
       const u: Upload = { rec, envelope, chunks: chunkCount(envelope.length), acked: new Set(), sent: new Map(), queriedAt: undefined }
       this.uploads.set(rec.id, u)
+      // Overtaking with the window full: room for its first chunk.
+      if (budget <= 0) budget = CHUNK_BYTES
+      topOpen = Math.max(topOpen, rec.priority)
       if (u.chunks > 1) {
         u.queriedAt = this.now()
         this.send({ type: FrameType.QUERY, ids: [fromHex(rec.id)] }, rec.priority)

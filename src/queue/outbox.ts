@@ -74,6 +74,15 @@ export class Outbox {
   /** Whoever commits `addOps` themselves calls this once the batch is durable. */
   noteQueued(): void {
     this.added++
+    for (const fn of [...this.watchers]) fn()
+  }
+
+  private readonly watchers = new Set<() => void>()
+
+  /** Call `fn` whenever an envelope is queued (a busy upload session looks sooner); returns the unsubscribe. */
+  watch(fn: () => void): () => void {
+    this.watchers.add(fn)
+    return () => this.watchers.delete(fn)
   }
 
   /** Ops that enqueue an envelope; returned so callers can commit them with other writes atomically (then call noteQueued). */

@@ -25,7 +25,8 @@ function thin<T>(xs: readonly T[]): T[] {
   return out
 }
 
-async function svg(spec: vl.TopLevelSpec): Promise<string> {
+/** One vega-lite chart as inline SVG (also used by bench/transfer.ts). */
+export async function svg(spec: vl.TopLevelSpec): Promise<string> {
   const compiled = vl.compile(spec).spec
   const view = new vega.View(vega.parse(compiled), { renderer: 'none' })
   const out = await view.toSVG()
@@ -33,7 +34,7 @@ async function svg(spec: vl.TopLevelSpec): Promise<string> {
   return out
 }
 
-const esc = (s: string): string => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!)
+export const esc = (s: string): string => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!)
 
 function label(r: ReportRun, sweep: string | undefined): string {
   return sweep ? `${sweep}=${r.value}` : `seed ${r.options.seed}`

@@ -4,6 +4,9 @@ import path from 'node:path'
 import { parseAddress } from '../protocol/address.js'
 import { Kind, MAX_FILE_BYTES, MAX_TTL_MS, Priority } from '../protocol/envelope.js'
 import { ChaparError, ErrorCode, InputError } from '../protocol/errors.js'
+import { fromHex } from '../protocol/bytes.js'
+import { writeBatch } from '../queue/db.js'
+import type { InboxItem } from '../queue/inbox.js'
 import { isFinal } from '../queue/outbox.js'
 import { compose, DEFAULT_TTL_MS, parseDuration, parsePriority } from './compose.js'
 import { openHome } from './client-home.js'
@@ -54,17 +57,22 @@ export async function cmdSend(
   }
   const home = await openHome(resolveHome(opts.home))
   try {
-    const c = compose({
-      outbox: home.outbox,
-      me: home.me,
-      to,
-      content: { kind: Kind.report, ...(opts.text !== undefined ? { text: opts.text } : {}), ...(file ? { file } : {}) },
-      now: Date.now(),
-      ttlMs,
-      priority,
-    })
-    await home.outbox.add(c.record, c.envelope)
-    out(c.record.id)
+    const now = Date.now()
+    const base = { outbox: home.outbox, me: home.me, to, ttlMs, priority }
+    // Text and a file go as two envelopes, the text first and the file naming
+    // it: on a link that is up for a minute, the words get out even if the
+    // video does not. One atomic batch, so both are queued or neither.
+    const parts =
+      opts.text !== undefined && file
+        ? (() => {
+            const text = compose({ ...base, content: { kind: Kind.report, text: opts.text }, now })
+            const attachment = compose({ ...base, content: { kind: Kind.report, file, ref: fromHex(text.record.id) }, now: now + 1 })
+            return [text, attachment]
+          })()
+        : [compose({ ...base, content: { kind: Kind.report, ...(opts.text !== undefined ? { text: opts.text } : {}), ...(file ? { file } : {}) }, now })]
+    await writeBatch(home.db, parts.flatMap((p) => p.ops), true)
+    for (const _ of parts) home.outbox.noteQueued()
+    for (const p of parts) out(p.record.id)
   } finally {
     await home.close()
   }
@@ -220,10 +228,18 @@ export async function cmdInbox(opts: { home?: string; json?: boolean; quarantine
       return 0
     }
     if (items.length === 0) out('inbox is empty')
+    // Attachments sent as their own envelopes are shown under their report —
+    // only a report of the same sender: anyone can name any id.
+    const fromOf = new Map(items.map((x) => [x.id, x.from]))
+    const underReport = (x: InboxItem): boolean => x.ref !== undefined && fromOf.get(x.ref) === x.from
+    const attached = new Map<string, InboxItem[]>()
+    for (const x of items) if (underReport(x)) attached.set(x.ref!, [...(attached.get(x.ref!) ?? []), x])
     for (const x of items) {
+      if (underReport(x)) continue
       out(`${x.id.slice(0, 16)}  from ${shortAddress(x.from)}  ${new Date(x.created_at).toISOString()}`)
+      if (x.ref) out(`  (an attachment of report ${x.ref.slice(0, 16)}, not in this inbox${fromOf.has(x.ref) ? ' from this sender' : ' yet'})`)
       if (x.text !== undefined) out(`  ${printable(x.text).split('\n').join('\n  ')}`)
-      if (x.file) out(`  attachment: ${printableLine(x.file)} (${x.file_bytes} bytes)`)
+      for (const a of [x, ...(attached.get(x.id) ?? [])]) if (a.file) out(`  attachment: ${printableLine(a.file)} (${a.file_bytes} bytes)`)
     }
     const q = await home.inbox.quarantined()
     if (q.length > 0) out(`${q.length} quarantined (failed verification): chapar inbox --quarantined`)

@@ -796,6 +796,7 @@ export class SyncSession {
       priority: opened.priority,
       bytes: envelope.length,
       ...(c.text !== undefined ? { text: c.text } : {}),
+      ...(c.ref ? { ref: toHex(c.ref) } : {}),
     }
     if (c.file) {
       item.file = await this.ctx.files.save(d.hex, c.file.name, c.file.data)

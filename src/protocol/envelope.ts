@@ -58,6 +58,12 @@ export interface Report {
   readonly kind: typeof Kind.report
   readonly text?: string
   readonly file?: { readonly name: string; readonly data: Uint8Array }
+  /**
+   * The id of the report this one belongs to: `send --text … --file …`
+   * makes a text report and an attachment report that names it, so the
+   * text travels first and the recipient sees both as one report.
+   */
+  readonly ref?: Uint8Array
 }
 
 export interface Receipt {
@@ -117,6 +123,9 @@ function encodeBody(from: Address, to: Address, createdAt: number, priority: num
     if (text) w.lbytes(text)
     w.u8(content.file ? 1 : 0)
     if (content.file) w.str(content.file.name).lbytes(content.file.data)
+    if (content.ref && content.ref.length !== HASH_BYTES) throw new ChaparError(ErrorCode.BAD_INPUT, `report ref of ${content.ref.length} bytes; ids are ${HASH_BYTES}`)
+    w.u8(content.ref ? 1 : 0)
+    if (content.ref) w.bytes(content.ref)
   } else {
     if (content.ids.length > 0xffff) throw new ChaparError(ErrorCode.TOO_LARGE, 'too many ids in one receipt')
     w.u16(content.ids.length)
@@ -199,7 +208,8 @@ export function open(
     if (kind === Kind.report) {
       const text = flag(r) ? fromUtf8(r.lbytes(MAX_TEXT_BYTES)) : undefined
       const file = flag(r) ? { name: r.str(MAX_FILE_NAME_BYTES), data: r.lbytes(MAX_FILE_BYTES).slice() } : undefined
-      content = { kind: Kind.report, ...(text !== undefined ? { text } : {}), ...(file ? { file } : {}) }
+      const ref = flag(r) ? r.bytes(HASH_BYTES).slice() : undefined
+      content = { kind: Kind.report, ...(text !== undefined ? { text } : {}), ...(file ? { file } : {}), ...(ref ? { ref } : {}) }
     } else if (kind === Kind.receipt) {
       const n = r.u16()
       const ids: Uint8Array[] = []

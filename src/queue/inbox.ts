@@ -18,6 +18,8 @@ export interface InboxItem {
   file?: string
   file_name?: string
   file_bytes?: number
+  /** This is an attachment of report `ref` (sent as its own envelope, after the report's text). */
+  ref?: string
 }
 
 export interface QuarantineItem {

@@ -75,6 +75,36 @@ describe('quick start', () => {
     ])
   })
 
+  it('text and a file go as two envelopes, the text first; the inbox shows them as one report', async () => {
+    const alice = path.join(dir, 'alice-2')
+    const bob = path.join(dir, 'bob-2')
+    await chapar(['init', '--home', alice])
+    await chapar(['init', '--home', bob])
+    const address = (await chapar(['whoami', '--home', bob])).stdout.trim()
+    const video = path.join(dir, 'clip.mp4')
+    await writeFile(video, Buffer.alloc(300_000, 5))
+    const s = await chapar(['send', '--home', alice, '--to', address, '--text', 'words first', '--file', video])
+    expect(s.code).toBe(0)
+    const [textId, fileId] = s.stdout.trim().split('\n')
+    expect(textId).toMatch(/^[0-9a-f]{64}$/)
+    expect(fileId).toMatch(/^[0-9a-f]{64}$/)
+    // The text is queued ahead of the attachment (same priority, created first).
+    const queued = JSON.parse((await chapar(['status', '--home', alice, '--json'])).stdout)
+    expect(queued.map((r: { id: string }) => r.id)).toEqual([textId, fileId])
+    expect(queued[1].bytes).toBeGreaterThan(300_000)
+    expect(queued[0].bytes).toBeLessThan(1_000)
+    expect((await chapar(['sync', '--home', alice, '--relay', relay.url, '--until-empty', '--timeout', '60'])).code).toBe(0)
+    expect((await chapar(['sync', '--home', bob, '--relay', relay.url, '--until-empty', '--timeout', '60'])).code).toBe(0)
+    const inbox = JSON.parse((await chapar(['inbox', '--home', bob, '--json'])).stdout)
+    const byId = Object.fromEntries(inbox.map((x: { id: string }) => [x.id, x]))
+    expect(byId[textId!].text).toBe('words first')
+    expect(byId[fileId!].ref).toBe(textId)
+    expect(byId[fileId!].file_bytes).toBe(300_000)
+    const shown = (await chapar(['inbox', '--home', bob])).stdout
+    expect(shown.match(/^[0-9a-f]{16} {2}from/gm)).toHaveLength(1) // one report…
+    expect(shown).toMatch(/words first\n {2}attachment: .*clip\.mp4 \(300000 bytes\)/) // …with its attachment under it
+  })
+
   it('$CHAPAR_HOME is the default home', async () => {
     const home = path.join(dir, 'envhome')
     expect((await chapar(['init'], { env: { CHAPAR_HOME: home } })).code).toBe(0)

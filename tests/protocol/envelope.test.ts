@@ -114,11 +114,13 @@ function handSeal(args: {
   return concat([header, nacl.box(concat([signature, args.body]), nonce, args.boxTo ?? bob.address.boxPublicKey, eph.secretKey)])
 }
 
-const textRest = (text: Uint8Array | undefined, file?: { name: Uint8Array; data: Uint8Array }): Uint8Array => {
+const textRest = (text: Uint8Array | undefined, file?: { name: Uint8Array; data: Uint8Array }, ref?: Uint8Array): Uint8Array => {
   const w = new Writer()
   if (text) w.u8(1).lbytes(text)
   else w.u8(0)
   if (file) w.u8(1).u16(file.name.length).bytes(file.name).lbytes(file.data)
+  else w.u8(0)
+  if (ref) w.u8(1).bytes(ref)
   else w.u8(0)
   return w.finish()
 }
@@ -149,7 +151,7 @@ describe('constants and layout', () => {
 
   it('has the expected length for a text report', () => {
     const env = sealFor(bob, { kind: Kind.report, text: 'hello' })
-    const body = 96 + 8 + 1 + 1 + (1 + 4 + 5) + 1
+    const body = 96 + 8 + 1 + 1 + (1 + 4 + 5) + 1 + 1 // …, no file, no ref
     expect(env.length).toBe(HEADER_BYTES + BOX_OVERHEAD + 64 + body)
   })
 })
@@ -163,6 +165,7 @@ describe('seal / open round trip', () => {
     ['empty file with unicode name', { kind: Kind.report, file: { name: 'گزارش.txt', data: new Uint8Array(0) } }],
     ['text + file', { kind: Kind.report, text: 'see attached', file: { name: 'map.pdf', data: Uint8Array.of(0x25, 0x50, 0x44, 0x46) } }],
     ['empty report', { kind: Kind.report }],
+    ['attachment naming its report', { kind: Kind.report, file: { name: 'video.mp4', data: new Uint8Array(1000).fill(7) }, ref: new Uint8Array(32).fill(9) }],
     ['receipt', { kind: Kind.receipt, ids: [new Uint8Array(32).fill(1), new Uint8Array(32).fill(2), new Uint8Array(createHash('sha256').update('x').digest())] }],
     ['empty receipt', { kind: Kind.receipt, ids: [] }],
   ]
@@ -178,6 +181,10 @@ describe('seal / open round trip', () => {
     expect(opened.priority).toBe(Priority.normal)
     expect(opened.header.expiresAt).toBe(EXPIRES)
     expect(opened.header.mailbox).toEqual(bob.mailbox)
+  })
+
+  it('refuses a report ref that is not a 32-byte id', () => {
+    expect(() => sealFor(bob, { kind: Kind.report, file: { name: 'a', data: new Uint8Array(1) }, ref: new Uint8Array(31) })).toThrow(/ref of 31 bytes/)
   })
 
   it.each([Priority.low, Priority.normal, Priority.urgent])('carries priority %d', (priority) => {

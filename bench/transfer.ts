@@ -86,6 +86,23 @@ export function runWorker(pair: NetnsPair, relay: string, size: number, rateKbps
   })
 }
 
+/** The table's header and cells for these rows. */
+export function formatRows(rows: Array<Record<string, unknown>>, wsTimeoutMs: number): { head: string[]; table: string[][] } {
+  const fmt = (v: unknown): string => (v === null || v === undefined ? '—' : typeof v === 'number' ? v.toLocaleString('en-US') : String(v))
+  const head = ['loss', 'UDP accept', 'UDP capacity', 'sim capacity', 'UDP wire/payload', 'sim wire/payload', 'WebSocket accept', 'WS capacity']
+  const table = rows.map((r) => [
+    String(r.loss),
+    r.udp_ok ? `${((r.udp_accept_ms as number) / 1000).toFixed(1)} s` : 'not in 20 min',
+    fmt(r.udp_capacity_ratio),
+    fmt(r.sim_capacity_ratio),
+    fmt(r.udp_wire_per_payload),
+    fmt(r.sim_wire_per_payload),
+    r.ws_ok ? `${((r.ws_accept_ms as number) / 1000).toFixed(1)} s` : `not in ${wsTimeoutMs / 1000} s`,
+    fmt(r.ws_capacity_ratio),
+  ])
+  return { head, table }
+}
+
 export function capacityRatio(r: WorkerResult, rateKbps: number, loss: number): number | null {
   if (!r.ok || r.accepted_ms === null || r.first_put_ms === null) return null
   const ms = r.accepted_ms - r.first_put_ms
@@ -138,18 +155,7 @@ async function main(): Promise<void> {
     rows.push(row)
   }
   live.done()
-  const fmt = (v: unknown, unit = ''): string => (v === null || v === undefined ? '—' : typeof v === 'number' ? `${v.toLocaleString('en-US')}${unit}` : String(v))
-  const head = ['loss', 'UDP accept', 'UDP capacity', 'sim capacity', 'UDP wire/payload', 'sim wire/payload', 'WebSocket accept', 'WS capacity']
-  const table = rows.map((r) => [
-    String(r.loss),
-    r.udp_ok ? `${((r.udp_accept_ms as number) / 1000).toFixed(1)} s` : 'not in 20 min',
-    fmt(r.udp_capacity_ratio),
-    fmt(r.sim_capacity_ratio),
-    fmt(r.udp_wire_per_payload),
-    fmt(r.sim_wire_per_payload),
-    r.ws_ok ? `${((r.ws_accept_ms as number) / 1000).toFixed(1)} s` : `not in ${wsTimeout / 1000} s`,
-    fmt(r.ws_capacity_ratio),
-  ])
+  const { head, table } = formatRows(rows, wsTimeout)
   const widths = head.map((h, i) => Math.max(h.length, ...table.map((t) => t[i]!.length)))
   const line = (cells: string[]): string => cells.map((c, i) => c.padStart(widths[i]!)).join('  ')
   process.stdout.write(`bench:transfer — one ${size.toLocaleString('en-US')}-byte report, ${rate} kbit/s each way, real loss each way (netns + nftables), no added delay\n\n`)
@@ -164,7 +170,7 @@ async function main(): Promise<void> {
 }
 
 /** A self-contained page: the table and capacity ratio against loss for real UDP, the simulator and WebSocket. */
-async function chartPage(rows: Array<Record<string, unknown>>, size: number, rate: number, head: string[], table: string[][]): Promise<string> {
+export async function chartPage(rows: Array<Record<string, unknown>>, size: number, rate: number, head: string[], table: string[][]): Promise<string> {
   const values = rows.flatMap((r) => [
     { loss: r.loss, path: 'UDP, real netns', capacity: r.udp_capacity_ratio ?? 0 },
     { loss: r.loss, path: 'UDP, simulator', capacity: r.sim_capacity_ratio ?? 0 },
@@ -179,7 +185,7 @@ async function chartPage(rows: Array<Record<string, unknown>>, size: number, rat
       x: { field: 'loss', type: 'ordinal', title: 'packet loss each way' },
       xOffset: { field: 'path' },
       y: { field: 'capacity', type: 'quantitative', title: 'capacity ratio (1.0 = erasure-channel limit)', scale: { domain: [0, 1] } },
-      color: { field: 'path', type: 'nominal', title: null },
+      color: { field: 'path', type: 'nominal', title: null, legend: { labelLimit: 300, orient: 'bottom' } },
     },
   })
   const tr = (cells: string[], tag: string): string => `<tr>${cells.map((c) => `<${tag}>${esc(c)}</${tag}>`).join('')}</tr>`

@@ -11,18 +11,23 @@
  *
  * Packet: header ‖ AEAD(body), the header being the additional data.
  *   client → relay: 0xC1 ‖ one-time public key (32) ‖ packet number (u32)
- *   relay → client: 0xC2 ‖ packet number (u32)
- * The nonce is the direction byte, seven zeros and the packet number; each
- * side numbers its packets from 0 and never reuses a number under one key.
+ *   relay → client: 0xC2 ‖ session salt (7) ‖ packet number (u32)
+ * The nonce is the first byte, then seven zero bytes (client) or the salt
+ * (relay), then the packet number. A client's key is its own connection's,
+ * and its packet numbers never repeat. A relay may open a session for one
+ * client key more than once (after a restart, or when an old first packet
+ * is replayed to it): each such session draws a fresh random salt, so its
+ * nonces never meet another's.
  */
 import { createCipheriv, createDecipheriv, hkdfSync } from 'node:crypto'
-import { boxBefore, boxPublicKey, ephemeralBox } from './box.js'
+import { boxBeforeStrict, boxPublicKey, ephemeralBox } from './box.js'
 import { utf8 } from './bytes.js'
 
 export const CLIENT_TAG = 0xc1
 export const RELAY_TAG = 0xc2
 export const CLIENT_HEADER_BYTES = 1 + 32 + 4
-export const RELAY_HEADER_BYTES = 1 + 4
+export const SALT_BYTES = 7
+export const RELAY_HEADER_BYTES = 1 + SALT_BYTES + 4
 export const AEAD_TAG_BYTES = 16
 const INFO = utf8('chapar/v1/udp')
 
@@ -47,30 +52,35 @@ export function clientKeys(relayPk: Uint8Array, ephemeralSk: Uint8Array): { ephe
   return { ephemeralPk: publicKey, keys: derive(key, publicKey, relayPk) }
 }
 
-/** The relay's side, from the one-time key in a client's header. */
+/** The relay's side, from the one-time key in a client's header. Throws on a key OpenSSL refuses (low order): no slow fallback for strangers' keys. */
 export function relayKeys(relaySk: Uint8Array, ephemeralPk: Uint8Array, relayPk = boxPublicKey(relaySk)): PacketKeys {
-  return derive(boxBefore(ephemeralPk, relaySk), ephemeralPk, relayPk)
+  return derive(boxBeforeStrict(ephemeralPk, relaySk), ephemeralPk, relayPk)
 }
 
-function nonce(tag: number, pn: number): Uint8Array {
+function nonce(tag: number, pn: number, salt?: Uint8Array): Uint8Array {
   const n = new Uint8Array(12)
   n[0] = tag
+  if (tag === RELAY_TAG) n.set(salt!, 1)
   new DataView(n.buffer).setUint32(8, pn >>> 0)
   return n
 }
 
-function header(tag: number, pn: number, ephemeralPk?: Uint8Array): Uint8Array {
+function header(tag: number, pn: number, extra: Uint8Array): Uint8Array {
   const h = new Uint8Array(tag === CLIENT_TAG ? CLIENT_HEADER_BYTES : RELAY_HEADER_BYTES)
   h[0] = tag
-  if (tag === CLIENT_TAG) h.set(ephemeralPk!, 1)
+  h.set(extra, 1)
   new DataView(h.buffer).setUint32(h.length - 4, pn >>> 0)
   return h
 }
 
-/** header ‖ ciphertext ‖ tag. */
-export function sealPacket(tag: number, key: Uint8Array, pn: number, body: Uint8Array, ephemeralPk?: Uint8Array): Uint8Array {
-  const h = header(tag, pn, ephemeralPk)
-  const cipher = createCipheriv('chacha20-poly1305', key, nonce(tag, pn), { authTagLength: AEAD_TAG_BYTES })
+/**
+ * header ‖ ciphertext ‖ tag. `extra` is the client's one-time public key
+ * (client packets) or the relay session's salt (relay packets).
+ */
+export function sealPacket(tag: number, key: Uint8Array, pn: number, body: Uint8Array, extra: Uint8Array): Uint8Array {
+  if (extra.length !== (tag === CLIENT_TAG ? 32 : SALT_BYTES)) throw new RangeError('sealPacket: wrong key or salt length for this direction')
+  const h = header(tag, pn, extra)
+  const cipher = createCipheriv('chacha20-poly1305', key, nonce(tag, pn, extra), { authTagLength: AEAD_TAG_BYTES })
   cipher.setAAD(h, { plaintextLength: body.length })
   const a = cipher.update(body)
   cipher.final()
@@ -86,6 +96,8 @@ export interface PacketHeader {
   pn: number
   /** Client packets only. */
   ephemeralPk?: Uint8Array
+  /** Relay packets only. */
+  salt?: Uint8Array
   headerBytes: number
 }
 
@@ -95,14 +107,14 @@ export function peekHeader(packet: Uint8Array): PacketHeader | undefined {
   const size = tag === CLIENT_TAG ? CLIENT_HEADER_BYTES : tag === RELAY_TAG ? RELAY_HEADER_BYTES : 0
   if (size === 0 || packet.length < size + AEAD_TAG_BYTES) return undefined
   const pn = new DataView(packet.buffer, packet.byteOffset, packet.byteLength).getUint32(size - 4)
-  return { tag, pn, headerBytes: size, ...(tag === CLIENT_TAG ? { ephemeralPk: packet.slice(1, 33) } : {}) }
+  return { tag, pn, headerBytes: size, ...(tag === CLIENT_TAG ? { ephemeralPk: packet.slice(1, 33) } : { salt: packet.slice(1, 1 + SALT_BYTES) }) }
 }
 
 /** The body, or undefined if the packet was not sealed with `key` (forged, corrupted, or another session's). */
 export function openPacket(h: PacketHeader, key: Uint8Array, packet: Uint8Array): Uint8Array | undefined {
   const ct = packet.subarray(h.headerBytes, packet.length - AEAD_TAG_BYTES)
   try {
-    const d = createDecipheriv('chacha20-poly1305', key, nonce(h.tag, h.pn), { authTagLength: AEAD_TAG_BYTES })
+    const d = createDecipheriv('chacha20-poly1305', key, nonce(h.tag, h.pn, h.salt), { authTagLength: AEAD_TAG_BYTES })
     d.setAAD(packet.subarray(0, h.headerBytes), { plaintextLength: ct.length })
     d.setAuthTag(packet.subarray(packet.length - AEAD_TAG_BYTES))
     const a = d.update(ct)

@@ -85,13 +85,19 @@ export const ROUND_CONFIDENCE = 0.95
  * (the restarted relay answers its ping with RESET) or vanished.
  */
 export const KEEPALIVE_MS = 15_000
+/** An opener that has heard nothing at all for this long gives up (a relay that is down, or a wrong key: its packets are dropped unseen). */
+export const NO_ANSWER_MS = 10 * 60_000
+/** Symbols from the peer may be this large whatever this end's own MTU (a peer with a larger --mtu). */
+const MAX_PEER_SYMBOL_BYTES = 1500
+/** Packets a session sends at most (its numbers are 32-bit on the wire, and must never repeat under one key). */
+const MAX_PACKETS = 0x7fff0000
 /** Standalone acks: one per this many packets received, if no data carries one. */
 export const ACK_EVERY = 2
 /** Acks owed wait at most this long for data to ride on. */
 export const ACK_DELAY_MS = 20
 const MAX_ACK_BURST = 8
 
-const Flag = { SYMBOL: 1, ACK: 2, CLOSE: 4, RESET: 8, PING: 16 } as const
+const Flag = { SYMBOL: 1, ACK: 2, CLOSE: 4, RESET: 8, PING: 16, PAD: 32 } as const
 const NOT_SEEN = 0xffff
 /** flags, instance, sendBase, lossHint | recvBase, received, largestPn, ackDelay, count, needed[] | block, blockBytes, esi(24). */
 const FIXED_BODY_BYTES = 1 + 4 + 4 + 1
@@ -116,15 +122,23 @@ export interface Body {
   lossHint?: number
   ack?: Ack
   symbol?: { block: number; blockBytes: number; esi: number; data: Uint8Array }
+  /**
+   * Zero bytes after the ack (never with a symbol): a client pads the
+   * packets that open a connection to a full MTU, so the relay, which may
+   * answer an unvalidated address with only AMPLIFICATION_LIMIT × what it
+   * received, can answer at all (QUIC pads its Initial packets likewise).
+   */
+  pad?: number
 }
 
 export function encodeBody(b: Body): Uint8Array {
   const n = b.ack ? b.ack.needed.length : 0
-  const size = FIXED_BODY_BYTES + (b.ack ? 15 + 2 * n : 0) + (b.symbol ? SYMBOL_HEADER_BYTES + b.symbol.data.length : 0)
+  const pad = b.symbol ? 0 : (b.pad ?? 0)
+  const size = FIXED_BODY_BYTES + (b.ack ? 15 + 2 * n : 0) + (b.symbol ? SYMBOL_HEADER_BYTES + b.symbol.data.length : 0) + pad
   const out = new Uint8Array(size)
   const v = new DataView(out.buffer)
   let o = 0
-  out[o++] = b.flags | (b.ack ? Flag.ACK : 0) | (b.symbol ? Flag.SYMBOL : 0)
+  out[o++] = (b.flags & ~Flag.PAD) | (b.ack ? Flag.ACK : 0) | (b.symbol ? Flag.SYMBOL : 0) | (pad > 0 ? Flag.PAD : 0)
   v.setUint32(o, b.instance >>> 0)
   v.setUint32(o + 4, b.sendBase >>> 0)
   out[o + 8] = b.lossHint ?? 0
@@ -161,7 +175,7 @@ export function decodeBody(bytes: Uint8Array): Body {
   if (bytes.length < FIXED_BODY_BYTES) bad('too short')
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   const flags = bytes[0]!
-  if (flags & ~0x1f) bad('unknown flags')
+  if (flags & ~0x3f) bad('unknown flags')
   const body: Body = { flags, instance: v.getUint32(1), sendBase: v.getUint32(5), lossHint: bytes[9]! }
   let o = FIXED_BODY_BYTES
   if (flags & Flag.ACK) {
@@ -180,7 +194,12 @@ export function decodeBody(bytes: Uint8Array): Body {
     const blockBytes = v.getUint32(o + 4)
     if (blockBytes === 0 || blockBytes > MAX_BLOCK_SYMBOLS * data.length) bad(`block of ${blockBytes} bytes in ${data.length}-byte symbols`)
     body.symbol = { block: v.getUint32(o), blockBytes, esi: (bytes[o + 8]! << 16) | v.getUint16(o + 9), data }
+  } else if (flags & Flag.PAD) {
+    if (o === bytes.length) bad('empty padding')
+    for (let i = o; i < bytes.length; i++) if (bytes[i] !== 0) bad('padding that is not zero')
+    body.pad = bytes.length - o
   } else if (o !== bytes.length) bad('trailing bytes')
+  if (flags & Flag.PAD && flags & Flag.SYMBOL) bad('padding with a symbol')
   return body
 }
 
@@ -251,6 +270,13 @@ export interface DatagramSessionOptions {
    * client's first frame).
    */
   opener?: boolean
+  /**
+   * Anti-amplification (the relay's side): until the peer has acked one of
+   * this end's packets — proof that it receives at the address it sends
+   * from, which a spoofer cannot give — send at most this many bytes per
+   * byte received. Undefined: no limit (the client, which chose the peer).
+   */
+  amplificationLimit?: number
   /** The loss to assume until acks measure it (default INITIAL_LOSS); a client passes what it measured on its last connection. */
   initialLoss?: number
 }
@@ -266,6 +292,7 @@ export interface DatagramStats {
 
 export class DatagramSession {
   readonly symbolSize: number
+  private readonly mtu: number
   private readonly env: Env
   private readonly rateKbps: number
   private readonly instance: number
@@ -292,6 +319,12 @@ export class DatagramSession {
   private srtt: number | undefined
   private rttvar = 0
   private lastAckPn = -1
+  private validatedPeer = false
+  /** The last pump stopped at the amplification limit. */
+  private heldBack = false
+  private bytesIn = 0
+  private bytesOut = 0
+  private lastAckReceived = -1
   private lossMark: { pn: number; received: number } | undefined
   private lossSamples = 0
   /** The peer's hint (Body.lossHint) of the loss on its way here, 0..1; undefined until heard. */
@@ -309,6 +342,8 @@ export class DatagramSession {
   private acksOwed = 0
   private ackOwedSince: number | undefined
   private lastHeardAt: number
+  private readonly createdAt: number
+  private readonly firstOwnPn: number
   /** When data last started waiting after none did (silence is counted from here or the last packet heard, whichever is later). */
   private waitingSince = 0
   private nextProbeAt = 0
@@ -326,6 +361,7 @@ export class DatagramSession {
     this.env = o.env
     const mtu = o.mtu ?? DEFAULT_MTU
     if (!(Number.isInteger(mtu) && mtu >= MIN_MTU && mtu <= MAX_MTU)) throw new RangeError(`mtu must be ${MIN_MTU}..${MAX_MTU}, got ${mtu}`)
+    this.mtu = mtu
     this.symbolSize = mtu - o.packetOverhead - BODY_OVERHEAD_BYTES
     this.rateKbps = o.rateKbps ?? DEFAULT_RATE_KBPS
     if (o.initialLoss !== undefined) this.loss = this.stats.loss = Math.min(MAX_LOSS_ESTIMATE, Math.max(0, o.initialLoss))
@@ -334,7 +370,8 @@ export class DatagramSession {
     this.instance = r.getUint32(0)
     // Packet numbers start at a random point below 2³¹, so a relay that restarted never reuses a (key, number) pair.
     this.nextPn = r.getUint32(4) >>> 1
-    this.lastHeardAt = this.now()
+    this.firstOwnPn = this.nextPn
+    this.lastHeardAt = this.createdAt = this.now()
     if (o.opener) this.armAt(this.lastHeardAt)
   }
 
@@ -388,6 +425,16 @@ export class DatagramSession {
     return this.env.clock.now()
   }
 
+  /** The peer has acked a packet of this end's (it receives at its address). */
+  get validated(): boolean {
+    return this.validatedPeer
+  }
+
+  private mayTransmit(size = 1): boolean {
+    const limit = this.o.amplificationLimit
+    return limit === undefined || this.validatedPeer || this.bytesOut + size <= limit * this.bytesIn
+  }
+
   /** The loss measured on the way out, or undefined if no ack has measured it yet. */
   get measuredLoss(): number | undefined {
     return this.lossSamples > 0 ? this.loss : undefined
@@ -431,14 +478,14 @@ export class DatagramSession {
   /** Close: tell the peer (a few times, the packets may be lost) and stop. */
   close(reason = 'closed'): void {
     if (this.closed) return
-    for (let i = 0; i < 3; i++) this.transmitBody({ flags: Flag.CLOSE, instance: this.instance, sendBase: this.sendBase(), ack: this.ack() })
+    for (let i = 0; i < 3; i++) this.transmitBody({ flags: Flag.CLOSE, instance: this.instance, sendBase: this.sendBase(), ack: this.ack() }, false)
     this.finish(reason)
   }
 
   /** Tell the peer this connection cannot go on, and stop. */
   reset(reason: string): void {
     if (this.closed) return
-    for (let i = 0; i < 3; i++) this.transmitBody({ flags: Flag.RESET, instance: this.instance, sendBase: this.sendBase() })
+    for (let i = 0; i < 3; i++) this.transmitBody({ flags: Flag.RESET, instance: this.instance, sendBase: this.sendBase() }, false)
     this.finish(reason)
   }
 
@@ -459,8 +506,8 @@ export class DatagramSession {
     this.o.onClose(reason)
   }
 
-  /** Feed the body of one authenticated packet. */
-  receive(pn: number, bytes: Uint8Array): void {
+  /** Feed the body of one authenticated packet (`packetBytes`: its size on the wire, for the amplification limit). */
+  receive(pn: number, bytes: Uint8Array, packetBytes = bytes.length + this.o.packetOverhead): void {
     if (this.closed) return
     let body: Body
     try {
@@ -471,6 +518,7 @@ export class DatagramSession {
     }
     const now = this.now()
     this.lastHeardAt = now
+    this.bytesIn += packetBytes
     this.received++
     this.stats.packetsReceived++
     if (this.firstPn < 0 || pn < this.firstPn) this.firstPn = pn
@@ -478,7 +526,7 @@ export class DatagramSession {
       this.largestPn = pn
       this.largestAt = now
     }
-    if (body.lossHint !== undefined && body.lossHint > 0) this.peerHint = body.lossHint / 255
+    if (body.lossHint !== undefined && body.lossHint > 0) this.peerHint = Math.min(MAX_LOSS_ESTIMATE, body.lossHint / 255)
     if (this.peerInstance === undefined) this.peerInstance = body.instance
     else if (body.instance !== this.peerInstance) return this.finish('peer restarted')
     if (body.flags & Flag.RESET) return this.finish('peer reset the connection')
@@ -512,6 +560,8 @@ export class DatagramSession {
     }
     this.owe(1)
     if (s.block >= this.recvBase + MAX_OPEN_BLOCKS) throw new ProtocolError(ErrorCode.BAD_FRAME, `block ${s.block} beyond the window at ${this.recvBase}`)
+    // The peer picks the symbol size; this end bounds it (memory: blocks × k × size).
+    if (s.data.length > Math.max(this.symbolSize, MAX_PEER_SYMBOL_BYTES)) throw new ProtocolError(ErrorCode.TOO_LARGE, `symbol of ${s.data.length} bytes`)
     let dec = this.decoders.get(s.block)
     const k = symbolsFor(s.blockBytes, s.data.length)
     if (!dec) {
@@ -539,7 +589,7 @@ export class DatagramSession {
   private plannedLoss(): number {
     if (this.lossSamples > 0) return this.loss
     const span = this.largestPn - this.firstPn + 1
-    if (this.firstPn >= 0 && span >= 8) return Math.min(MAX_LOSS_ESTIMATE, 1 - this.received / span)
+    if (this.firstPn >= 0 && span >= 8) return Math.min(MAX_LOSS_ESTIMATE, Math.max(0, 1 - this.received / span))
     // The peer's own measure of the link (the way here; the way back is usually alike), else the prior.
     return this.peerHint ?? this.loss
   }
@@ -551,7 +601,7 @@ export class DatagramSession {
 
   private owe(n: number): void {
     if (this.acksOwed === 0) this.ackOwedSince = this.now()
-    this.acksOwed = Math.max(this.acksOwed, 0) + n
+    this.acksOwed = Math.min(MAX_ACK_BURST * ACK_EVERY, Math.max(this.acksOwed, 0) + n)
   }
 
   private deliver(): void {
@@ -581,9 +631,12 @@ export class DatagramSession {
   private onAck(a: Ack): void {
     const now = this.now()
     for (const id of [...this.out.keys()]) if (id < a.recvBase) this.out.delete(id)
-    if (a.largestPn <= this.lastAckPn && this.lastAckPn !== -1) return // an older ack, overtaken
+    // An older ack, overtaken (the same largest packet with no more received is no news either).
+    if (this.lastAckPn !== -1 && (a.largestPn < this.lastAckPn || (a.largestPn === this.lastAckPn && a.received <= this.lastAckReceived))) return
     this.lastAckPn = a.largestPn
+    this.lastAckReceived = a.received
     const sent = this.sentAt.get(a.largestPn)
+    if (sent !== undefined) this.validatedPeer = true
     if (sent !== undefined) {
       const sample = Math.max(1, now - sent - a.ackDelay)
       if (this.srtt === undefined) {
@@ -657,13 +710,16 @@ export class DatagramSession {
     return { recvBase: this.recvBase, received: this.received, largestPn: this.largestPn, ackDelay: Math.max(0, Math.round(this.now() - this.largestAt)), needed }
   }
 
-  private transmitBody(b: Body): number {
-    const pn = this.nextPn++
+  /** Seal and send one packet; returns its size on the wire, or −1 if the amplification limit holds it back (nothing changes then). */
+  private transmitBody(b: Body, limited = true): number {
     const bytes = encodeBody({ ...b, lossHint: this.lossSamples > 0 ? Math.max(1, Math.round(this.loss * 255)) : 0 })
+    if (limited && !this.mayTransmit(bytes.length + this.o.packetOverhead)) return -1
+    const pn = this.nextPn++
     this.sentAt.set(pn, this.now())
     if (this.sentAt.size > 4096) this.sentAt.delete(this.sentAt.keys().next().value!)
     this.stats.packetsSent++
     this.stats.bytesSent += bytes.length + this.o.packetOverhead
+    this.bytesOut += bytes.length + this.o.packetOverhead
     this.lastSentAt = this.now()
     this.o.transmit(pn, bytes)
     return bytes.length + this.o.packetOverhead + IP_UDP_BYTES
@@ -725,12 +781,33 @@ export class DatagramSession {
     return n
   }
 
+  /** A new block may be formed: data is queued and the window (ids, count, bytes) has room. */
+  private canForm(): boolean {
+    // By id, not just by count: blocks decoded out of order leave `out`
+    // early, and the receiver accepts ids below recvBase + MAX_OPEN_BLOCKS
+    // only (sendBase ≤ recvBase).
+    return this.pendingBytes > 0 && this.out.size < MAX_OPEN_BLOCKS && this.nextBlock < this.sendBase() + MAX_OPEN_BLOCKS && this.openBytes() < MAX_OPEN_BYTES
+  }
+
   private pick(now: number, rto: number): OutBlock | undefined {
     for (const b of this.out.values()) if (this.wants(b, now, rto, 0.5)) return b
-    if (this.pendingBytes > 0 && this.out.size < MAX_OPEN_BLOCKS && this.openBytes() < MAX_OPEN_BYTES) return this.formBlock()
+    if (this.canForm()) return this.formBlock()
     // The link would idle: spend it on the open blocks' chances of decoding this round.
     for (const b of this.out.values()) if (this.wants(b, now, rto, ROUND_CONFIDENCE)) return b
     return undefined
+  }
+
+  /** Acks owed are due now (enough of them, or the oldest has waited ACK_DELAY_MS for data to ride on). */
+  private acksDue(now: number): boolean {
+    return this.acksOwed >= ACK_EVERY || (this.acksOwed > 0 && now - (this.ackOwedSince ?? now) >= ACK_DELAY_MS)
+  }
+
+  private sendAckOnly(now: number): number {
+    const bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: this.sendBase(), ack: this.ack() })
+    if (bytes < 0) return bytes
+    this.acksOwed = Math.max(0, this.acksOwed - ACK_EVERY)
+    if (this.acksOwed > 0) this.ackOwedSince = now
+    return bytes
   }
 
   private pump(): void {
@@ -742,70 +819,101 @@ export class DatagramSession {
       this.finish(`no packet from the peer in ${DEAD_AFTER_MS / 1000} s`)
       return
     }
+    if (this.o.opener && this.received === 0 && now - this.createdAt > NO_ANSWER_MS) {
+      this.finish(`no answer in ${NO_ANSWER_MS / 1000} s (is the relay up, and is the key in its URL right?)`)
+      return
+    }
+    if (this.nextPn - this.firstOwnPn > MAX_PACKETS) {
+      this.reset('packet numbers used up: reconnect')
+      return
+    }
     const quiet = this.silent(now) || this.probing()
+    this.heldBack = false
     while (this.nextSendAt - now < 1) {
       let bytes: number
       if (quiet) {
-        if (now < this.nextProbeAt) break
-        if (this.out.size > 0) {
+        if (this.acksDue(now)) bytes = this.sendAckOnly(now)
+        else if (now < this.nextProbeAt) break
+        else if (this.out.size > 0) {
           // The link seems down with data waiting: one small PING at a time,
           // spaced (PROBE_INTERVAL_MS at most), so a window that opens is
           // noticed within seconds at a few dozen bytes a second. The peer
           // answers a PING with a burst of acks, and full speed resumes.
           bytes = this.transmitBody({ flags: Flag.PING, instance: this.instance, sendBase: this.sendBase(), ack: this.ack() })
-          this.nextProbeAt = now + this.probeInterval(now)
+          if (bytes >= 0) this.nextProbeAt = now + this.probeInterval(now)
         } else {
-          // Opening: a few empty packets at once (any one will do), again a timeout later.
-          bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: 0 })
-          if (this.probesLeft <= 0) this.probesLeft = this.ackBurst()
-          if (--this.probesLeft === 0) this.nextProbeAt = now + rto
+          // Opening: a few packets at once (any one will do), again a timeout later,
+          // padded to the MTU so the relay may answer (see Body.pad).
+          bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: 0, pad: this.mtu - this.o.packetOverhead - FIXED_BODY_BYTES })
+          if (bytes >= 0) {
+            if (this.probesLeft <= 0) this.probesLeft = this.ackBurst()
+            if (--this.probesLeft === 0) this.nextProbeAt = now + rto
+          }
         }
-        this.nextSendAt = Math.max(this.nextSendAt, now) + (bytes * 8) / this.rateKbps
-        continue
+      } else {
+        const b = this.pick(now, rto)
+        if (b) {
+          const esi = b.nextEsi
+          if (esi > MAX_SYMBOL_ID) return this.reset('block needed more symbols than a block can have')
+          const pn = this.nextPn
+          bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: this.sendBase(), ack: this.ack(), symbol: { block: b.id, blockBytes: b.bytes, esi, data: b.enc.symbol(esi) } })
+          if (bytes >= 0) {
+            b.nextEsi++
+            b.inflight.push({ pn, at: now })
+            this.stats.symbolsSent++
+            this.acksOwed = Math.max(0, this.acksOwed - ACK_EVERY)
+          }
+        } else if (this.pingDue(now)) {
+          // A burst sized to the loss (any one will do), paced like everything else.
+          bytes = this.transmitBody({ flags: Flag.PING, instance: this.instance, sendBase: this.sendBase(), ack: this.ack() })
+          if (bytes >= 0) {
+            if (this.pingsLeft <= 0) this.pingsLeft = this.ackBurst()
+            this.pingsLeft--
+            this.lastPingAt = now
+          }
+        } else if (this.acksDue(now)) bytes = this.sendAckOnly(now)
+        else break
       }
-      const b = this.pick(now, rto)
-      if (b) {
-        const esi = b.nextEsi++
-        if (esi > MAX_SYMBOL_ID) return this.reset('block needed more symbols than a block can have')
-        b.inflight.push({ pn: this.nextPn, at: now })
-        this.stats.symbolsSent++
-        bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: this.sendBase(), ack: this.ack(), symbol: { block: b.id, blockBytes: b.bytes, esi, data: b.enc.symbol(esi) } })
-        this.acksOwed = Math.max(0, this.acksOwed - ACK_EVERY)
-      } else if (this.pingDue(now)) {
-        // A burst sized to the loss (any one will do), paced like everything else.
-        if (this.pingsLeft <= 0) this.pingsLeft = this.ackBurst()
-        this.pingsLeft--
-        this.lastPingAt = now
-        bytes = this.transmitBody({ flags: Flag.PING, instance: this.instance, sendBase: this.sendBase(), ack: this.ack() })
-      } else if (this.acksOwed >= ACK_EVERY || (this.acksOwed > 0 && now - (this.ackOwedSince ?? now) >= ACK_DELAY_MS)) {
-        bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: this.sendBase(), ack: this.ack() })
-        this.acksOwed = Math.max(0, this.acksOwed - ACK_EVERY)
-        if (this.acksOwed > 0) this.ackOwedSince = now
-      } else break
+      if (bytes < 0) {
+        this.heldBack = true // by the amplification limit: more must come in first (receive clears it)
+        break
+      }
       this.nextSendAt = Math.max(this.nextSendAt, now) + (bytes * 8) / this.rateKbps
     }
-    this.armAt(this.nextDeadline(now, rto))
+    this.armAt(this.nextDeadline(now, rto, quiet))
   }
 
-  private nextDeadline(now: number, rto: number): number {
+  /**
+   * When the pump next has something to do. Every deadline here must be one
+   * the pump then acts on, or the timer would spin.
+   */
+  private nextDeadline(now: number, rto: number, quiet: boolean): number {
     let next = Number.POSITIVE_INFINITY
-    if (this.pendingBytes > 0 || this.acksOwed >= ACK_EVERY) next = this.nextSendAt
-    if (this.acksOwed > 0) next = Math.min(next, Math.max(this.nextSendAt, (this.ackOwedSince ?? now) + ACK_DELAY_MS))
+    const at = (t: number): void => {
+      if (t < next) next = t
+    }
+    if (this.out.size > 0 || this.pendingBytes > 0 || (this.o.opener && this.received > 0)) at(this.quietSince() + DEAD_AFTER_MS + 1)
+    if (this.o.opener && this.received === 0) at(this.createdAt + NO_ANSWER_MS + 1)
+    // Over the amplification limit: nothing goes out until more comes in (which pumps again).
+    if (this.heldBack) return next
+    if (this.acksOwed >= ACK_EVERY) at(this.nextSendAt)
+    else if (this.acksOwed > 0) at(Math.max(this.nextSendAt, (this.ackOwedSince ?? now) + ACK_DELAY_MS))
+    if (quiet) {
+      at(Math.max(this.nextSendAt, this.nextProbeAt))
+      return next
+    }
+    if (this.canForm()) at(this.nextSendAt)
     for (const b of this.out.values()) {
+      if (this.wants(b, now, rto, ROUND_CONFIDENCE)) {
+        at(this.nextSendAt)
+        continue
+      }
       // When a symbol in flight will be presumed lost, the block may want more.
-      let earliest = Number.POSITIVE_INFINITY
-      for (const f of b.inflight) if (f.at + rto > now) earliest = Math.min(earliest, f.at + rto)
-      next = Math.min(next, this.wants(b, now, rto, ROUND_CONFIDENCE) ? this.nextSendAt : earliest)
+      for (const f of b.inflight) if (f.at + rto > now) at(f.at + rto)
     }
-    if (this.out.size > 0 || this.pendingBytes > 0) next = Math.min(next, this.quietSince() + DEAD_AFTER_MS + 1)
-    if (this.o.opener && this.received > 0) {
-      next = Math.min(next, Math.max(this.nextSendAt, this.pingsLeft > 0 ? 0 : this.pingDueAt()), this.quietSince() + DEAD_AFTER_MS + 1)
-    }
-    if (this.silent(now) || this.probing()) {
-      // Only probes go out now; the next is due at nextProbeAt (acks owed still count).
-      next = Math.min(this.acksOwed > 0 ? next : Number.POSITIVE_INFINITY, Math.max(this.nextSendAt, this.nextProbeAt))
-      if (this.out.size > 0) next = Math.min(next, this.quietSince() + DEAD_AFTER_MS + 1)
-    }
+    // Going quiet (the peer silent for a silence period) changes what goes out.
+    if (this.out.size > 0) at(this.quietSince() + this.silenceMs() + 1)
+    if (this.o.opener && this.received > 0) at(Math.max(this.nextSendAt, this.pingsLeft > 0 ? 0 : this.pingDueAt()))
     return next
   }
 

@@ -124,8 +124,8 @@ function encodeBody(from: Address, to: Address, createdAt: number, priority: num
     w.u8(content.file ? 1 : 0)
     if (content.file) w.str(content.file.name).lbytes(content.file.data)
     if (content.ref && content.ref.length !== HASH_BYTES) throw new ChaparError(ErrorCode.BAD_INPUT, `report ref of ${content.ref.length} bytes; ids are ${HASH_BYTES}`)
-    w.u8(content.ref ? 1 : 0)
-    if (content.ref) w.bytes(content.ref)
+    // Only when present: a report without one is byte for byte what it was before refs existed.
+    if (content.ref) w.u8(1).bytes(content.ref)
   } else {
     if (content.ids.length > 0xffff) throw new ChaparError(ErrorCode.TOO_LARGE, 'too many ids in one receipt')
     w.u16(content.ids.length)
@@ -208,7 +208,12 @@ export function open(
     if (kind === Kind.report) {
       const text = flag(r) ? fromUtf8(r.lbytes(MAX_TEXT_BYTES)) : undefined
       const file = flag(r) ? { name: r.str(MAX_FILE_NAME_BYTES), data: r.lbytes(MAX_FILE_BYTES).slice() } : undefined
-      const ref = flag(r) ? r.bytes(HASH_BYTES).slice() : undefined
+      // Optional and last: absent in reports without one (and in every report made before refs).
+      let ref: Uint8Array | undefined
+      if (r.remaining > 0) {
+        if (r.u8() !== 1) throw new RangeError('bad ref marker')
+        ref = r.bytes(HASH_BYTES).slice()
+      }
       content = { kind: Kind.report, ...(text !== undefined ? { text } : {}), ...(file ? { file } : {}), ...(ref ? { ref } : {}) }
     } else if (kind === Kind.receipt) {
       const n = r.u16()

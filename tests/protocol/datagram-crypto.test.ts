@@ -24,6 +24,9 @@ import {
 } from '../../src/protocol/datagram-crypto.js'
 import { Rng } from '../../src/sim/rng.js'
 
+/** A relay session's salt (datagram-crypto.ts: relay nonces are salt ‖ packet number). */
+const SALT = new Uint8Array(7).fill(0x5a)
+
 const rng = new Rng(0xc4a9a5)
 const key32 = (): Uint8Array => rng.bytes(32)
 
@@ -97,9 +100,9 @@ describe('datagram-crypto: round trip', () => {
       [0xfffffffe, 1],
     ] as const) {
       const body = rng.bytes(size)
-      const packet = sealPacket(RELAY_TAG, relay.down, pn, body)
+      const packet = sealPacket(RELAY_TAG, relay.down, pn, body, SALT)
       expect(packet.length).toBe(RELAY_HEADER_BYTES + size + AEAD_TAG_BYTES)
-      expect(peekHeader(packet)).toEqual({ tag: RELAY_TAG, pn, headerBytes: RELAY_HEADER_BYTES })
+      expect(peekHeader(packet)).toEqual({ tag: RELAY_TAG, pn, headerBytes: RELAY_HEADER_BYTES, salt: SALT })
       expect(clientOpen(s.client, packet)).toEqual(body)
     }
   })
@@ -110,7 +113,7 @@ describe('datagram-crypto: round trip', () => {
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 1500 }), fc.nat({ max: 0xffffffff }), (body, pn) => {
         expect(relayOpen(s.relaySk, sealPacket(CLIENT_TAG, s.client.up, pn, body, s.ephemeralPk))).toEqual(body)
-        expect(clientOpen(s.client, sealPacket(RELAY_TAG, relay.down, pn, body))).toEqual(body)
+        expect(clientOpen(s.client, sealPacket(RELAY_TAG, relay.down, pn, body, SALT))).toEqual(body)
       }),
       { numRuns: 100 },
     )
@@ -157,7 +160,7 @@ describe('datagram-crypto: authentication', () => {
     const s = session()
     const relay = relayKeys(s.relaySk, s.ephemeralPk)
     const body = rng.bytes(33)
-    const packet = sealPacket(RELAY_TAG, relay.down, 0xabcdef, body)
+    const packet = sealPacket(RELAY_TAG, relay.down, 0xabcdef, body, SALT)
     const hOrig = peekHeader(packet)!
     expect(clientOpen(s.client, packet)).toEqual(body)
     for (let bit = 0; bit < packet.length * 8; bit++) {
@@ -207,7 +210,7 @@ describe('datagram-crypto: authentication', () => {
     swapped.set(s2.ephemeralPk, 1)
     expect(relayOpen(relaySk, swapped)).toBeUndefined()
     // Relay → client: session 1's packets do not open for session 2.
-    const down1 = sealPacket(RELAY_TAG, relayKeys(relaySk, s1.ephemeralPk).down, 0, body)
+    const down1 = sealPacket(RELAY_TAG, relayKeys(relaySk, s1.ephemeralPk).down, 0, body, SALT)
     expect(clientOpen(s2.client, down1)).toBeUndefined()
     expect(clientOpen(s1.client, down1)).toEqual(body)
   })
@@ -217,10 +220,10 @@ describe('datagram-crypto: authentication', () => {
     const body = rng.bytes(20)
     const up = sealPacket(CLIENT_TAG, s.client.up, 3, body, s.ephemeralPk)
     expect(openPacket(peekHeader(up)!, s.client.down, up)).toBeUndefined()
-    const down = sealPacket(RELAY_TAG, s.client.down, 3, body)
+    const down = sealPacket(RELAY_TAG, s.client.down, 3, body, SALT)
     expect(openPacket(peekHeader(down)!, s.client.up, down)).toBeUndefined()
     // A down packet sealed (wrongly) under the up key does not open as an up packet either: the tag is in the nonce.
-    const downUnderUp = sealPacket(RELAY_TAG, s.client.up, 3, body)
+    const downUnderUp = sealPacket(RELAY_TAG, s.client.up, 3, body, SALT)
     expect(clientOpen(s.client, downUnderUp)).toBeUndefined()
   })
 
@@ -292,8 +295,8 @@ describe('datagram-crypto: nonces', () => {
       seen.add(ct)
     }
     // Packet numbers that differ only in their high bits, too.
-    const a = sealPacket(RELAY_TAG, s.client.down, 1, body)
-    const b = sealPacket(RELAY_TAG, s.client.down, 1 + 2 ** 24, body)
+    const a = sealPacket(RELAY_TAG, s.client.down, 1, body, SALT)
+    const b = sealPacket(RELAY_TAG, s.client.down, 1 + 2 ** 24, body, SALT)
     expect(a.subarray(RELAY_HEADER_BYTES)).not.toEqual(b.subarray(RELAY_HEADER_BYTES))
   })
 
@@ -301,7 +304,7 @@ describe('datagram-crypto: nonces', () => {
     const s = session()
     const body = new Uint8Array(32)
     const up = sealPacket(CLIENT_TAG, s.client.up, 9, body, s.ephemeralPk)
-    const down = sealPacket(RELAY_TAG, s.client.up, 9, body)
+    const down = sealPacket(RELAY_TAG, s.client.up, 9, body, SALT)
     expect(up.subarray(CLIENT_HEADER_BYTES, CLIENT_HEADER_BYTES + 32)).not.toEqual(down.subarray(RELAY_HEADER_BYTES, RELAY_HEADER_BYTES + 32))
   })
 
@@ -313,9 +316,9 @@ describe('datagram-crypto: nonces', () => {
 
   it('a packet whose header number was changed does not open (the number is both nonce and associated data)', () => {
     const s = session()
-    const packet = sealPacket(RELAY_TAG, s.client.down, 10, rng.bytes(10))
+    const packet = sealPacket(RELAY_TAG, s.client.down, 10, rng.bytes(10), SALT)
     const moved = packet.slice()
-    new DataView(moved.buffer).setUint32(1, 11)
+    new DataView(moved.buffer).setUint32(RELAY_HEADER_BYTES - 4, 11)
     expect(clientOpen(s.client, moved)).toBeUndefined()
   })
 })

@@ -121,7 +121,6 @@ const textRest = (text: Uint8Array | undefined, file?: { name: Uint8Array; data:
   if (file) w.u8(1).u16(file.name.length).bytes(file.name).lbytes(file.data)
   else w.u8(0)
   if (ref) w.u8(1).bytes(ref)
-  else w.u8(0)
   return w.finish()
 }
 
@@ -151,7 +150,7 @@ describe('constants and layout', () => {
 
   it('has the expected length for a text report', () => {
     const env = sealFor(bob, { kind: Kind.report, text: 'hello' })
-    const body = 96 + 8 + 1 + 1 + (1 + 4 + 5) + 1 + 1 // …, no file, no ref
+    const body = 96 + 8 + 1 + 1 + (1 + 4 + 5) + 1 // …, no file; no ref, not even its marker
     expect(env.length).toBe(HEADER_BYTES + BOX_OVERHEAD + 64 + body)
   })
 })
@@ -181,6 +180,21 @@ describe('seal / open round trip', () => {
     expect(opened.priority).toBe(Priority.normal)
     expect(opened.header.expiresAt).toBe(EXPIRES)
     expect(opened.header.mailbox).toEqual(bob.mailbox)
+  })
+
+  it('a ref is the last field: byte for byte, and a bad marker is BAD_ENVELOPE', () => {
+    const ref = new Uint8Array(32).fill(4)
+    const content: Report = { kind: Kind.report, file: { name: 'v', data: Uint8Array.of(9) }, ref }
+    const env = sealFor(bob, content, { randomBytes: seededRandom('ref') })
+    const rnd = seededRandom('ref')
+    const expected = handSeal({
+      body: bodyBytes({ from: alice.address, toSignPk: bob.address.signPublicKey, kind: Kind.report, rest: textRest(undefined, { name: utf8('v'), data: Uint8Array.of(9) }, ref) }),
+      ephemeralSecret: rnd(32),
+      nonce: rnd(24),
+    })
+    expect(toHex(env)).toBe(toHex(expected))
+    const bad = handSeal({ body: bodyBytes({ from: alice.address, toSignPk: bob.address.signPublicKey, kind: Kind.report, rest: concat([textRest(utf8('x')), Uint8Array.of(2), ref]) }) })
+    expect(() => openBy(bad, bob)).toThrow(expect.objectContaining({ code: 'BAD_ENVELOPE' }))
   })
 
   it('refuses a report ref that is not a 32-byte id', () => {

@@ -125,10 +125,6 @@ export function varyingLoss(v: NonNullable<SimOptions['lossVary']>): (now: numbe
   }
 }
 
-export function meanLoss(o: SimOptions): number {
-  return o.lossVary ? (o.lossVary.min + o.lossVary.max) / 2 : o.loss
-}
-
 export async function runSim(o: SimOptions, hooks: { onProgress?: (p: { virtualMs: number; delivered: number; sent: number; events: number }) => void } = {}): Promise<{ result: SimResult; trace: SimTrace }> {
   const wallStart = performance.now()
   const sched = new Scheduler(o.seed)

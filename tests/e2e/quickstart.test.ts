@@ -4,7 +4,7 @@ import { statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { assertBuilt, chapar, type RelayProc, startRelay } from './cli-helpers.js'
+import { assertBuilt, chapar, CLI, type RelayProc, startRelay } from './cli-helpers.js'
 
 let dir: string
 let relay: RelayProc
@@ -22,6 +22,10 @@ afterAll(async () => {
 })
 
 describe('quick start', () => {
+  it('the built CLI is executable, so `npx chapar` runs it (the build sets the mode; tsc does not)', () => {
+    expect(statSync(CLI).mode & 0o111).toBe(0o111)
+  })
+
   it('init, whoami, send, sync, inbox, status', async () => {
     const alice = path.join(dir, 'alice')
     const bob = path.join(dir, 'bob')

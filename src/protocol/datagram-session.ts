@@ -99,8 +99,8 @@ const MAX_ACK_BURST = 8
 
 const Flag = { SYMBOL: 1, ACK: 2, CLOSE: 4, RESET: 8, PING: 16, PAD: 32 } as const
 const NOT_SEEN = 0xffff
-/** flags, instance, sendBase, lossHint | recvBase, received, largestPn, ackDelay, count, needed[] | block, blockBytes, esi(24). */
-const FIXED_BODY_BYTES = 1 + 4 + 4 + 1
+/** flags, instance, sendBase, lossHint, rateHint | recvBase, received, largestPn, ackDelay, count, needed[] | block, blockBytes, esi(24). */
+const FIXED_BODY_BYTES = 1 + 4 + 4 + 1 + 2
 const ACK_BYTES = 4 + 4 + 4 + 2 + 1 + 2 * MAX_OPEN_BLOCKS
 const SYMBOL_HEADER_BYTES = 4 + 4 + 3
 /** Body bytes around a symbol's data, at most. */
@@ -120,6 +120,12 @@ export interface Body {
   sendBase: number
   /** The sender's estimate of its own outgoing loss, in 255ths: the peer's first guess for the way back. */
   lossHint?: number
+  /**
+   * The sender's own pace in kbit/s (0: not said): the peer sends no faster,
+   * so a client on a slow link (`sync --rate 64`) is not flooded by a relay
+   * pacing at its own `--udp-rate`.
+   */
+  rateHint?: number
   ack?: Ack
   symbol?: { block: number; blockBytes: number; esi: number; data: Uint8Array }
   /**
@@ -142,7 +148,8 @@ export function encodeBody(b: Body): Uint8Array {
   v.setUint32(o, b.instance >>> 0)
   v.setUint32(o + 4, b.sendBase >>> 0)
   out[o + 8] = b.lossHint ?? 0
-  o += 9
+  v.setUint16(o + 9, Math.min(0xffff, Math.max(0, Math.round(b.rateHint ?? 0))))
+  o += 11
   if (b.ack) {
     const a = b.ack
     v.setUint32(o, a.recvBase >>> 0)
@@ -176,7 +183,7 @@ export function decodeBody(bytes: Uint8Array): Body {
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   const flags = bytes[0]!
   if (flags & ~0x3f) bad('unknown flags')
-  const body: Body = { flags, instance: v.getUint32(1), sendBase: v.getUint32(5), lossHint: bytes[9]! }
+  const body: Body = { flags, instance: v.getUint32(1), sendBase: v.getUint32(5), lossHint: bytes[9]!, rateHint: v.getUint16(10) }
   let o = FIXED_BODY_BYTES
   if (flags & Flag.ACK) {
     if (bytes.length < o + 15) bad('ack cut short')
@@ -327,6 +334,8 @@ export class DatagramSession {
   private lastAckReceived = -1
   private lossMark: { pn: number; received: number } | undefined
   private lossSamples = 0
+  /** The peer's pace (Body.rateHint), kbit/s. */
+  private peerRate: number | undefined
   /** The peer's hint (Body.lossHint) of the loss on its way here, 0..1; undefined until heard. */
   private peerHint: number | undefined
 
@@ -527,6 +536,7 @@ export class DatagramSession {
       this.largestAt = now
     }
     if (body.lossHint !== undefined && body.lossHint > 0) this.peerHint = Math.min(MAX_LOSS_ESTIMATE, body.lossHint / 255)
+    if (body.rateHint) this.peerRate = body.rateHint
     if (this.peerInstance === undefined) this.peerInstance = body.instance
     else if (body.instance !== this.peerInstance) return this.finish('peer restarted')
     if (body.flags & Flag.RESET) return this.finish('peer reset the connection')
@@ -712,7 +722,7 @@ export class DatagramSession {
 
   /** Seal and send one packet; returns its size on the wire, or −1 if the amplification limit holds it back (nothing changes then). */
   private transmitBody(b: Body, limited = true): number {
-    const bytes = encodeBody({ ...b, lossHint: this.lossSamples > 0 ? Math.max(1, Math.round(this.loss * 255)) : 0 })
+    const bytes = encodeBody({ ...b, lossHint: this.lossSamples > 0 ? Math.max(1, Math.round(this.loss * 255)) : 0, rateHint: this.rateKbps })
     if (limited && !this.mayTransmit(bytes.length + this.o.packetOverhead)) return -1
     const pn = this.nextPn++
     this.sentAt.set(pn, this.now())
@@ -878,7 +888,8 @@ export class DatagramSession {
         this.heldBack = true // by the amplification limit: more must come in first (receive clears it)
         break
       }
-      this.nextSendAt = Math.max(this.nextSendAt, now) + (bytes * 8) / this.rateKbps
+      // The pace: this end's rate, or the peer's if it said it is slower.
+      this.nextSendAt = Math.max(this.nextSendAt, now) + (bytes * 8) / Math.min(this.rateKbps, this.peerRate ?? Number.POSITIVE_INFINITY)
     }
     this.armAt(this.nextDeadline(now, rto, quiet))
   }

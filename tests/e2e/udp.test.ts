@@ -157,7 +157,8 @@ describe('chapar over udp://', () => {
     const sa = await sync(alice.home, first.udpUrl, ['--rate', '20000'])
     expect(sa.code, sa.stderr).toBe(0)
 
-    const sync2 = start(['sync', '--home', bob.home, '--relay', first.udpUrl, '--until-empty', '--timeout', '12s'])
+    // Bob's link takes 1.5 Mbit/s too (each end paces at the smaller of the two rates).
+    const sync2 = start(['sync', '--home', bob.home, '--relay', first.udpUrl, '--until-empty', '--timeout', '12s', '--rate', '1500'])
     await new Promise((r) => setTimeout(r, 2500))
     expect(sync2.child.exitCode).toBeNull()
     await stop(first, 'SIGKILL')

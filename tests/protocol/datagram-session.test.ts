@@ -410,9 +410,9 @@ const symbolArb = fc
   .uint8Array({ minLength: 1, maxLength: 300 })
   .chain((data) => fc.record({ block: u32, blockBytes: fc.integer({ min: 1, max: MAX_BLOCK_SYMBOLS * data.length }), esi: fc.nat({ max: 0xffffff }), data: fc.constant(data) }))
 const bodyArb: fc.Arbitrary<Body> = fc
-  .record({ flags: fc.constantFrom(0, 4, 8, 12, 16, 20), instance: u32, sendBase: u32, lossHint: fc.nat({ max: 255 }), ack: fc.option(ackArb, { nil: undefined }), symbol: fc.option(symbolArb, { nil: undefined }) })
+  .record({ flags: fc.constantFrom(0, 4, 8, 12, 16, 20), instance: u32, sendBase: u32, lossHint: fc.nat({ max: 255 }), rateHint: fc.nat({ max: 0xffff }), ack: fc.option(ackArb, { nil: undefined }), symbol: fc.option(symbolArb, { nil: undefined }) })
   .map((b) => {
-    const out: Body = { flags: b.flags | (b.ack ? 2 : 0) | (b.symbol ? 1 : 0), instance: b.instance, sendBase: b.sendBase, lossHint: b.lossHint }
+    const out: Body = { flags: b.flags | (b.ack ? 2 : 0) | (b.symbol ? 1 : 0), instance: b.instance, sendBase: b.sendBase, lossHint: b.lossHint, rateHint: b.rateHint }
     if (b.ack) out.ack = b.ack
     if (b.symbol) out.symbol = b.symbol
     return out
@@ -447,7 +447,7 @@ describe('encodeBody / decodeBody', () => {
       // Mostly valid flags, so the property reaches past the first byte.
       fc.tuple(fc.nat({ max: 31 }), fc.uint8Array({ maxLength: 80 })).map(([f, rest]) => Uint8Array.of(f, ...rest)),
       // A valid ack-and-symbol header with garbage after it.
-      fc.tuple(fc.nat({ max: 31 }), fc.uint8Array({ minLength: 9, maxLength: 9 }), fc.nat({ max: 10 }), fc.uint8Array({ maxLength: 60 })).map(([f, ib, n, rest]) => {
+      fc.tuple(fc.nat({ max: 31 }), fc.uint8Array({ minLength: 11, maxLength: 11 }), fc.nat({ max: 10 }), fc.uint8Array({ maxLength: 60 })).map(([f, ib, n, rest]) => {
         const ack = new Uint8Array(15)
         ack[14] = n
         return Uint8Array.of(f | 2, ...ib, ...ack, ...rest)
@@ -511,7 +511,7 @@ describe('encodeBody / decodeBody', () => {
   })
 
   it('rejects what the strict decoder promises to reject', () => {
-    const base: Body = { flags: 0, instance: 1, sendBase: 2, lossHint: 0, ack: { recvBase: 0, received: 0, largestPn: 0, ackDelay: 0, needed: [1, 2] } }
+    const base: Body = { flags: 0, instance: 1, sendBase: 2, lossHint: 0, rateHint: 0, ack: { recvBase: 0, received: 0, largestPn: 0, ackDelay: 0, needed: [1, 2] } }
     const bytes = encodeBody(base)
     // Unknown flag bits.
     for (const f of [0x20, 0x40, 0x80]) expectProtocolError(Uint8Array.of(bytes[0]! | f, ...bytes.subarray(1)))
@@ -964,5 +964,33 @@ describe('review regressions', () => {
     expect(p.frames).toHaveLength(100)
     expect(p.maxSame()).toBeLessThan(50)
     expect(p.sched.events).toBeLessThan(5_000)
+  })
+})
+
+describe('pace', () => {
+  it('a peer never sends faster than the slower end says it can take (rateHint)', async () => {
+    const sched = new Scheduler(4)
+    const ends: Record<'client' | 'relay', DatagramSession> = {} as never
+    let lastFrameAt = 0
+    let frames = 0
+    const link = (to: 'client' | 'relay') => (pn: number, body: Uint8Array) => {
+      const copy = body.slice()
+      sched.at(sched.now + 20, () => ends[to].receive(pn, copy), true)
+    }
+    const mk = (to: 'client' | 'relay', rateKbps: number, opener: boolean, onFrame: () => void) =>
+      new DatagramSession({ env: sched, transmit: link(to), packetOverhead: 53, rateKbps, maxFrameBytes: 65_000, opener, onFrame, onClose: () => {} })
+    ends.client = mk('relay', 200, true, () => {
+      frames++
+      lastFrameAt = sched.elapsed
+    })
+    ends.relay = mk('client', 4000, false, () => {})
+    ends.client.send(new Uint8Array(10)) // the relay hears the client (and its rate) first
+    await sched.run(EPOCH_MS + 1_000)
+    const t0 = sched.elapsed
+    for (let i = 0; i < 8; i++) ends.relay.send(new Uint8Array(60_000))
+    await sched.run(EPOCH_MS + 120_000, { stop: () => frames >= 8 })
+    expect(frames).toBe(8)
+    // 480 KB at 200 kbit/s takes ≥ 19.2 s; at the relay's own 4000 kbit/s it would take ~1 s.
+    expect(lastFrameAt - t0).toBeGreaterThan((480_000 * 8) / 200)
   })
 })

@@ -38,6 +38,7 @@
  */
 import type { Env, TimerHandle } from './env.js'
 import { ProtocolError, ErrorCode } from './errors.js'
+import { RttEstimator } from './rtt.js'
 import { BlockDecoder, BlockEncoder, MAX_BLOCK_SYMBOLS, MAX_SYMBOL_ID, symbolsFor } from './rlnc.js'
 
 export const DEFAULT_MTU = 1200
@@ -323,8 +324,7 @@ export class DatagramSession {
   private nextSendAt = 0
   private readonly sentAt = new Map<number, number>()
   private loss = INITIAL_LOSS
-  private srtt: number | undefined
-  private rttvar = 0
+  private readonly rtt = new RttEstimator()
   private lastAckPn = -1
   private validatedPeer = false
   /** The last pump stopped at the amplification limit. */
@@ -562,7 +562,7 @@ export class DatagramSession {
       // The sender lacks an ack for a block this end has: answer with a burst
       // (one ack alone is lost as often as any packet), at most once per round trip.
       const now = this.now()
-      if (now - this.lastDupBurstAt >= (this.srtt ?? INITIAL_RTO_MS)) {
+      if (now - this.lastDupBurstAt >= (this.rtt.srtt ?? INITIAL_RTO_MS)) {
         this.lastDupBurstAt = now
         this.owe(this.ackBurst() * ACK_EVERY)
       } else this.owe(1)
@@ -646,17 +646,10 @@ export class DatagramSession {
     this.lastAckPn = a.largestPn
     this.lastAckReceived = a.received
     const sent = this.sentAt.get(a.largestPn)
-    if (sent !== undefined) this.validatedPeer = true
     if (sent !== undefined) {
-      const sample = Math.max(1, now - sent - a.ackDelay)
-      if (this.srtt === undefined) {
-        this.srtt = sample
-        this.rttvar = sample / 2
-      } else {
-        this.rttvar = 0.75 * this.rttvar + 0.25 * Math.abs(this.srtt - sample)
-        this.srtt = 0.875 * this.srtt + 0.125 * sample
-      }
-      this.stats.rttMs = Math.round(this.srtt)
+      this.validatedPeer = true // it acked a packet of ours: it receives where it sends from
+      this.rtt.sample(Math.max(1, now - sent - a.ackDelay))
+      this.stats.rttMs = Math.round(this.rtt.srtt!)
     }
     // Loss: packets the peer reports received against the numbers it could have seen.
     if (!this.lossMark) this.lossMark = { pn: a.largestPn, received: a.received }
@@ -690,7 +683,8 @@ export class DatagramSession {
   }
 
   private baseRto(): number {
-    return this.srtt === undefined ? INITIAL_RTO_MS : Math.max(MIN_RTO_MS, this.srtt + 4 * this.rttvar + ACK_DELAY_MS)
+    const { srtt, rttvar } = this.rtt
+    return srtt === undefined ? INITIAL_RTO_MS : Math.max(MIN_RTO_MS, srtt + 4 * rttvar + ACK_DELAY_MS)
   }
 
   private rto(now: number): number {

@@ -17,6 +17,7 @@
  * see over `ws`: whole frames, in order, or a closed connection.
  */
 import type { Link } from '../protocol/env.js'
+import { RttEstimator } from '../protocol/rtt.js'
 import { ChaparError, ErrorCode } from '../protocol/errors.js'
 import { DEAD_AFTER_MS, FrameHandoff, HEARTBEAT_MS as CLIENT_HEARTBEAT_MS, type WsConnection } from '../client/ws-transport.js'
 import type { Path, Pipe } from './link.js'
@@ -78,8 +79,7 @@ class Half {
   /** Until the ACK passes `recover`, no new fast retransmit; `fastRecovery` marks NewReno recovery (not the slow start after a timeout). */
   private recover = -1
   private fastRecovery = false
-  private srtt: number | undefined
-  private rttvar = 0
+  private readonly rtt = new RttEstimator()
   private rto = INITIAL_RTO_MS
   private timeouts = 0
   private rtoTimer: number | undefined
@@ -279,14 +279,8 @@ class Half {
   }
 
   private sampleRtt(r: number): void {
-    if (this.srtt === undefined) {
-      this.srtt = r
-      this.rttvar = r / 2
-    } else {
-      this.rttvar = 0.75 * this.rttvar + 0.25 * Math.abs(this.srtt - r)
-      this.srtt = 0.875 * this.srtt + 0.125 * r
-    }
-    this.rto = Math.min(MAX_RTO_MS, Math.max(MIN_RTO_MS, this.srtt + Math.max(1, 4 * this.rttvar)))
+    this.rtt.sample(r)
+    this.rto = Math.min(MAX_RTO_MS, Math.max(MIN_RTO_MS, this.rtt.srtt! + Math.max(1, 4 * this.rtt.rttvar)))
   }
 
   /** Seed the RTT estimate from the handshake. */

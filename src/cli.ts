@@ -111,6 +111,30 @@ program
     process.exitCode = await cmdSim(opts)
   })
 
+const bench = program.command('bench').description('benchmarks that need more than the simulator')
+bench
+  .command('loss')
+  .description('Chapar against MQTT QoS 1, naive retry and the physical limit over real lossy links (network namespaces; root)')
+  .option('--workload <list>', 'reports, photo, video (default reports,photo; --full adds video)')
+  .option('--loss <list>', 'loss each way, e.g. 0.3,0.5,0.8 (the default)')
+  .option('--loss-model <list>', 'bernoulli, gilbert (default both)')
+  .option('--systems <list>', 'chapar-udp, chapar-ws, mqtt-qos1, naive-retry (default all)')
+  .option('--rate <kbit/s>', 'link rate each way (default 1000)')
+  .option('--rtt <ms>', 'round-trip time added by the shaper (default 600; 0 for none)')
+  .option('--jitter <ms>', 'extra one-way delay, uniform 0..jitter, never reordering (default 0)')
+  .option('--burst <n>', 'mean burst length in packets, gilbert model (default 8)')
+  .option('--outage <spec>', 'link schedule during each run, e.g. up=30s,down=60s')
+  .option('--time-limit <duration>', 'per system and workload (default 4x the physical limit, at least 2m)')
+  .option('--seed <n>', 'shaper random seed (default 1)')
+  .option('--quick', 'reports workload at 0.5 loss, Bernoulli, 60 s limit: a smoke run of a few minutes')
+  .option('--full', 'also the 20 MB video workload')
+  .option('--json', 'print a JSON array of rows instead of the table')
+  .option('--report <file.html>', 'also write a self-contained HTML report with charts')
+  .action(async (opts: Record<string, unknown>) => {
+    const { cmdBenchLoss } = await import('../bench/loss.js')
+    process.exitCode = await cmdBenchLoss(opts)
+  })
+
 try {
   await program.parseAsync(process.argv)
 } catch (err) {

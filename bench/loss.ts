@@ -353,6 +353,9 @@ async function runCell(system: System, w: Workload, pair: NetnsPair, o: LossBenc
     if (o.outage) pair.setBlocked(false)
     server.stop()
   }
+  // A dead shaper makes the link a black hole: the row would measure that, not the system.
+  const failure = pair.failure()
+  if (failure) throw new Error(`the link broke during ${system}: ${failure}`)
   return { latencies, wireBytes: pair.wireBytes() - wire0 }
 }
 

@@ -57,6 +57,8 @@ export interface NetnsPair {
   setBlocked(blocked: boolean): void
   /** IP bytes each side has put on the link so far (before loss), summed over both sides. */
   wireBytes(): number
+  /** Why the link stopped carrying traffic (a shaper died), or undefined while it works. */
+  failure(): string | undefined
   destroy(): void
 }
 
@@ -124,6 +126,7 @@ export function createNetnsPair(options: NetnsOptions): NetnsPair {
   let bernoulli = model === 'bernoulli' ? options.lossPercent : 0
   let blocked = false
   const shapers: ChildProcess[] = []
+  let failure: string | undefined
   const sides = [
     { ns: client, dev: vc, ip: clientIp, peerIp: relayIp, peerNs: relay, peerDev: vr },
     { ns: relay, dev: vr, ip: relayIp, peerIp: clientIp, peerNs: client, peerDev: vc },
@@ -158,6 +161,7 @@ export function createNetnsPair(options: NetnsOptions): NetnsPair {
     // shaper's loss; a bare veth's tx counts Ethernet frames (14-byte header).
     wireBytes: () =>
       sides.reduce((n, { ns, dev }) => n + (shaped ? stat(ns, TUN, 'tx_bytes') : stat(ns, dev, 'tx_bytes') - 14 * stat(ns, dev, 'tx_packets')), 0),
+    failure: () => failure,
     destroy: () => {
       if (destroyed) return
       destroyed = true
@@ -212,7 +216,11 @@ export function createNetnsPair(options: NetnsOptions): NetnsPair {
               if (out.startsWith('ready')) resolve()
             })
             child.stderr!.on('data', (b: Buffer) => (err += b.toString()))
-            child.once('exit', (code) => reject(new Error(`link shaper exited (${code}): ${err.trim()}`)))
+            child.once('exit', (code, signal) => {
+              const why = `link shaper in ${ns} exited (${code ?? signal}): ${err.trim()}`
+              if (!destroyed) failure ??= why
+              reject(new Error(why))
+            })
           }),
         )
       }

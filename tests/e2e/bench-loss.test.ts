@@ -244,6 +244,20 @@ describe.skipIf(why !== undefined)('bench:loss links over real network namespace
     }, 40_000)
   }
 
+  it('a shaper that dies mid-run is reported by failure(), not left as a silent black hole', async () => {
+    const pair = createNetnsPair({ rateKbit: 1000, lossPercent: 0, delayMs: 10, tag: 'cht' })
+    try {
+      await pair.ready
+      expect(pair.failure()).toBeUndefined()
+      const [pid] = pidsInNetns(statSync(`/run/netns/${pair.client}`).ino).filter((p) => cmdline(p).includes('shaper.py'))
+      process.kill(pid!, 'SIGKILL')
+      expect(await eventually(() => pair.failure() !== undefined, 5000)).toBe(true)
+      expect(pair.failure()).toMatch(new RegExp(`link shaper in ${pair.client} exited \\(SIGKILL\\)`))
+    } finally {
+      pair.destroy()
+    }
+  }, 30_000)
+
   it('destroy() removes both namespaces and kills the shapers', async () => {
     const pair = createNetnsPair({ rateKbit: 1000, lossPercent: 30, lossModel: 'gilbert', delayMs: 10, tag: 'cht' })
     let inodes: number[] = []

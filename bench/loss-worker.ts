@@ -22,25 +22,10 @@
  */
 import mqtt from 'mqtt'
 import pRetry from 'p-retry'
-import { generateIdentity } from '../src/client/identity.js'
-import { compose } from '../src/client/compose.js'
-import { MemoryFileSink } from '../src/client/files.js'
 import { runSync } from '../src/client/sync-driver.js'
-import type { ClientContext } from '../src/client/sync-engine.js'
 import { connectRelay } from '../src/client/transports.js'
-import { Kind, Priority } from '../src/protocol/envelope.js'
 import { systemEnv } from '../src/protocol/env.js'
-import { openMemoryDb } from '../src/queue/db.js'
-import { GroupCommit } from '../src/queue/group-commit.js'
-import { Inbox } from '../src/queue/inbox.js'
-import { Outbox } from '../src/queue/outbox.js'
-
-function arg(name: string, fallback?: string): string {
-  const i = process.argv.indexOf(`--${name}`)
-  const v = i >= 0 ? process.argv[i + 1] : fallback
-  if (v === undefined) throw new Error(`--${name} is required`)
-  return v
-}
+import { arg, fieldClient } from './field-client.js'
 
 const system = arg('system')
 const target = arg('target')
@@ -77,27 +62,10 @@ function finish(): never {
 }
 
 async function chapar(): Promise<void> {
-  const db = await openMemoryDb()
-  const me = generateIdentity(systemEnv.randomBytes)
-  const to = generateIdentity(systemEnv.randomBytes)
-  const outbox = new Outbox(db)
-  const ids = new Map<string, number>()
-  for (const [k, data] of messages.entries()) {
-    const c = compose({ outbox, me, to: to.address, content: { kind: Kind.report, file: { name: `report-${client}-${k}.bin`, data } }, now: Date.now(), ttlMs: 86_400_000, priority: Priority.normal, randomBytes: systemEnv.randomBytes })
-    await outbox.add(c.record, c.envelope)
-    ids.set(c.record.id, k)
-  }
-  const ctx: ClientContext = {
-    me,
-    outbox,
-    inbox: new Inbox(db, new GroupCommit(db)),
-    files: new MemoryFileSink(),
-    env: systemEnv,
-    locks: new Map(),
-    onEvent: (e) => {
-      if (e.type === 'accepted') for (const id of e.ids) if (ids.has(id)) ack(ids.get(id)!)
-    },
-  }
+  const { ctx } = await fieldClient(
+    messages.map((data, k) => ({ name: `report-${client}-${k}.bin`, data })),
+    ack,
+  )
   t0 = performance.now()
   await runSync(ctx, { relays: [target], untilEmpty: true, timeoutMs: 24 * 3_600_000, connect: (url) => connectRelay(url, { rateKbps }) })
 }

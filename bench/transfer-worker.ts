@@ -8,56 +8,27 @@
  *
  *   node dist/bench/transfer-worker.js --relay URL --size BYTES [--rate KBPS] [--timeout MS]
  */
-import { generateIdentity } from '../src/client/identity.js'
-import { compose } from '../src/client/compose.js'
-import { MemoryFileSink } from '../src/client/files.js'
 import { runSync } from '../src/client/sync-driver.js'
-import type { ClientContext } from '../src/client/sync-engine.js'
 import { connectRelay } from '../src/client/transports.js'
-import { Kind, Priority } from '../src/protocol/envelope.js'
 import { systemEnv } from '../src/protocol/env.js'
 import { FrameType } from '../src/protocol/frames.js'
 import { toHex } from '../src/protocol/bytes.js'
-import { openMemoryDb } from '../src/queue/db.js'
-import { GroupCommit } from '../src/queue/group-commit.js'
-import { Inbox } from '../src/queue/inbox.js'
-import { Outbox } from '../src/queue/outbox.js'
-
-function arg(name: string, fallback?: string): string {
-  const i = process.argv.indexOf(`--${name}`)
-  const v = i >= 0 ? process.argv[i + 1] : fallback
-  if (v === undefined) throw new Error(`--${name} is required`)
-  return v
-}
+import { arg, fieldClient } from './field-client.js'
 
 const relay = arg('relay')
 const size = Number(arg('size'))
 const rateKbps = Number(arg('rate', '512'))
 const timeoutMs = Number(arg('timeout', '300000'))
 
-const db = await openMemoryDb()
-const me = generateIdentity(systemEnv.randomBytes)
-const to = generateIdentity(systemEnv.randomBytes)
-const outbox = new Outbox(db)
-const data = systemEnv.randomBytes(size)
-const c = compose({ outbox, me, to: to.address, content: { kind: Kind.report, file: { name: 'video.mp4', data } }, now: Date.now(), ttlMs: 86_400_000, priority: Priority.normal, randomBytes: systemEnv.randomBytes })
-await outbox.add(c.record, c.envelope)
-
-const t0 = performance.now()
+let t0 = 0
 let firstPutMs: number | undefined
 let acceptedMs: number | undefined
+const { ctx, reports } = await fieldClient([{ name: 'video.mp4', data: systemEnv.randomBytes(size) }], () => {
+  if (acceptedMs === undefined) acceptedMs = performance.now() - t0
+})
+const report0 = reports[0]!
+t0 = performance.now()
 const conns: Array<{ stats?: { bytesSent: number; packetsSent: number; loss: number } }> = []
-const ctx: ClientContext = {
-  me,
-  outbox,
-  inbox: new Inbox(db, new GroupCommit(db)),
-  files: new MemoryFileSink(),
-  env: systemEnv,
-  locks: new Map(),
-  onEvent: (e) => {
-    if (e.type === 'accepted' && e.ids.includes(c.record.id) && acceptedMs === undefined) acceptedMs = performance.now() - t0
-  },
-}
 const report = await runSync(ctx, {
   relays: [relay],
   untilEmpty: true,
@@ -67,7 +38,7 @@ const report = await runSync(ctx, {
     conns.push(conn as (typeof conns)[number])
     const send = conn.link.send
     conn.link.send = (frame, priority) => {
-      if (firstPutMs === undefined && frame[0] === FrameType.PUT && toHex(frame.subarray(1, 33)) === c.record.id) firstPutMs = performance.now() - t0
+      if (firstPutMs === undefined && frame[0] === FrameType.PUT && toHex(frame.subarray(1, 33)) === report0.id) firstPutMs = performance.now() - t0
       send(frame, priority)
     }
     return conn
@@ -78,7 +49,7 @@ process.stdout.write(
   JSON.stringify({
     ok: acceptedMs !== undefined,
     timed_out: report.timedOut,
-    envelope_bytes: c.envelope.length,
+    envelope_bytes: report0.envelopeBytes,
     first_put_ms: firstPutMs === undefined ? null : Math.round(firstPutMs),
     accepted_ms: acceptedMs === undefined ? null : Math.round(acceptedMs),
     connections: conns.length,

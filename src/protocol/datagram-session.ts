@@ -12,18 +12,19 @@
  *   report goes at once. Each block is coded (rlnc.ts): its source symbols
  *   first, then repair symbols, for as long as the receiver needs them.
  *   At most MAX_OPEN_BLOCKS blocks are open at a time.
- *   How much to send: every packet carries an ack of the other direction —
- *   the receiver's base (every block below it is delivered), how many more
- *   symbols each open block needs, how many packets it has received and the
- *   largest packet number it saw. From those the sender knows, per block,
- *   the symbols still needed and which of its packets are still in flight,
- *   and estimates the loss rate p. A block is sent to until the symbols in
- *   flight are expected to cover what it needs (mean arrivals ≥ needed);
- *   when the pacer would otherwise idle, further repair goes out until the
- *   chance of decoding is ROUND_CONFIDENCE. Symbols unacked after a
- *   retransmission timeout count as lost, so lost acks cost one timeout,
- *   never a stall; the timeout stretches while the peer is silent (a
- *   blackout) instead of blasting into the void.
+ *   How much to send: acks of the other direction (on data packets while
+ *   any are owed, alone otherwise) carry the receiver's base (every block
+ *   below it is delivered), how many more symbols each open block needs,
+ *   how many packets it has received and the largest packet number it
+ *   saw. From those the sender knows, per block, the symbols still needed
+ *   and which of its packets are still in flight, and estimates the loss
+ *   rate p. A block is sent to until the symbols in flight are expected to
+ *   cover what it needs (mean arrivals ≥ needed); when the pacer would
+ *   otherwise idle, further repair goes out until the chance of decoding
+ *   is ROUND_CONFIDENCE. Symbols no ack has covered within a timeout plus
+ *   two mean gaps between acks (flightMs) count as lost, so lost acks cost
+ *   one timeout, never a stall; the timeout stretches while the peer is
+ *   silent (a blackout) instead of blasting into the void.
  *   Pacing: packets leave at `rateKbps`, whatever the loss: loss here is the
  *   medium, not congestion, and backing off on it would collapse at 80%.
  *   Receiving: symbols feed the block's decoder; a decoded block is
@@ -332,6 +333,9 @@ export class DatagramSession {
   private bytesIn = 0
   private bytesOut = 0
   private lastAckReceived = -1
+  private lastAckAt: number | undefined
+  /** Mean time between acks that bring news (each sample capped at the base timeout). */
+  private ackGap = 0
   private lossMark: { pn: number; received: number } | undefined
   private lossSamples = 0
   /** The peer's pace (Body.rateHint), kbit/s. */
@@ -645,6 +649,8 @@ export class DatagramSession {
     if (this.lastAckPn !== -1 && (a.largestPn < this.lastAckPn || (a.largestPn === this.lastAckPn && a.received <= this.lastAckReceived))) return
     this.lastAckPn = a.largestPn
     this.lastAckReceived = a.received
+    if (this.lastAckAt !== undefined) this.ackGap += 0.125 * (Math.min(now - this.lastAckAt, this.baseRto()) - this.ackGap)
+    this.lastAckAt = now
     const sent = this.sentAt.get(a.largestPn)
     if (sent !== undefined) {
       this.validatedPeer = true // it acked a packet of ours: it receives where it sends from
@@ -729,10 +735,22 @@ export class DatagramSession {
     return bytes.length + this.o.packetOverhead + IP_UDP_BYTES
   }
 
+  /**
+   * How long a symbol no ack has covered yet counts as in flight. The
+   * timeout alone is too short when acks are sparse (at 80% loss the ones
+   * that arrive are seconds apart, however often the peer sends them):
+   * symbols would be presumed lost before any ack could say otherwise, and
+   * sent for again. So add two mean gaps between acks.
+   */
+  private flightMs(rto: number): number {
+    return rto + 2 * this.ackGap
+  }
+
   /** Symbols in flight not yet presumed lost. */
   private live(b: OutBlock, now: number, rto: number): number {
+    const limit = this.flightMs(rto)
     let n = 0
-    for (const f of b.inflight) if (f.at + rto > now) n++
+    for (const f of b.inflight) if (f.at + limit > now) n++
     return n
   }
 
@@ -860,7 +878,11 @@ export class DatagramSession {
           const esi = b.nextEsi
           if (esi > MAX_SYMBOL_ID) return this.reset('block needed more symbols than a block can have')
           const pn = this.nextPn
-          bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: this.sendBase(), ack: this.ack(), symbol: { block: b.id, blockBytes: b.bytes, esi, data: b.enc.symbol(esi) } })
+          // An ack rides along only when one is owed: a client sending a photo
+          // gets little back, and an ack it would repeat in every packet costs
+          // about 2.5% of the link (the pace counts the bytes).
+          const ack = this.acksOwed > 0 ? this.ack() : undefined
+          bytes = this.transmitBody({ flags: 0, instance: this.instance, sendBase: this.sendBase(), ack, symbol: { block: b.id, blockBytes: b.bytes, esi, data: b.enc.symbol(esi) } })
           if (bytes >= 0) {
             b.nextEsi++
             b.inflight.push({ pn, at: now })
@@ -914,7 +936,8 @@ export class DatagramSession {
         continue
       }
       // When a symbol in flight will be presumed lost, the block may want more.
-      for (const f of b.inflight) if (f.at + rto > now) at(f.at + rto)
+      const limit = this.flightMs(rto)
+      for (const f of b.inflight) if (f.at + limit > now) at(f.at + limit)
     }
     // Going quiet (the peer silent for a silence period) changes what goes out.
     if (this.out.size > 0) at(this.quietSince() + this.silenceMs() + 1)

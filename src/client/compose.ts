@@ -47,6 +47,7 @@ export function compose(args: {
     kind: c.kind === Kind.report ? 'report' : 'receipt',
     state: OutboxState.queued,
     relays: [],
+    started: [],
     bytes: envelope.length,
     priority: args.priority,
     created_at: args.now,

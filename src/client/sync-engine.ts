@@ -9,7 +9,8 @@
  *
  *   upload:   outbox → PUT chunks (window of bytes in flight) → STORED/HAVE
  *             → outbox marks the relay as holding the envelope.
- *             Multi-chunk envelopes start with QUERY, so after any break
+ *             A multi-chunk envelope already started to this relay
+ *             (OutboxRecord.started) begins with QUERY, so after any break
  *             only the chunks the relay lacks are sent again. Never AUTHs:
  *             the relay must not learn who sends to which mailbox.
  *   mailbox:  AUTH → LIST → INDEX → GET missing chunks (window of chunks)
@@ -489,7 +490,11 @@ export class SyncSession {
       // Overtaking with the window full: room for its first chunk.
       if (budget <= 0) budget = CHUNK_BYTES
       topOpen = Math.max(topOpen, rec.priority)
-      if (u.chunks > 1) {
+      if (u.chunks > 1 && rec.started !== undefined && !rec.started.includes(this.relay)) {
+        // Never sent to this relay: nothing to ask about, the chunks go at once.
+        await this.ctx.outbox.markStarted(rec.id, this.relay)
+        budget = this.sendChunks(u, budget)
+      } else if (u.chunks > 1) {
         u.queriedAt = this.now()
         this.send({ type: FrameType.QUERY, ids: [fromHex(rec.id)] }, rec.priority)
         budget -= CHUNK_BYTES // a QUERY reserves room for its first chunks

@@ -24,6 +24,13 @@ export interface OutboxRecord {
   state: OutboxState
   /** Relays that acked the envelope as fsynced. */
   relays: string[]
+  /**
+   * Relays that have been sent chunks of it. A multi-chunk envelope goes to
+   * a relay not listed here at once, without first asking (QUERY) which
+   * chunks it holds: one round trip less on a fresh upload. Records written
+   * before this field existed lack it and always ask.
+   */
+  started?: string[]
   bytes: number
   priority: number
   created_at: number
@@ -119,6 +126,20 @@ export class Outbox {
     return all
       .filter((r) => !isFinal(r) && r.expires_at > now && !r.relays.includes(relay))
       .sort((a, b) => b.priority - a.priority || a.created_at - b.created_at || (a.id < b.id ? -1 : 1))
+  }
+
+  /**
+   * Record that chunks of `id` are about to go to `relay`, so a later
+   * session asks first. Not fsynced: if a crash loses it, the next session
+   * sends every chunk again, which costs bytes, never correctness.
+   */
+  markStarted(id: string, relay: string): Promise<void> {
+    return this.exclusive(async () => {
+      const r = await this.get(id)
+      if (!r || r.started === undefined || r.started.includes(relay)) return
+      r.started.push(relay)
+      await writeBatch(this.db, [{ type: 'put', key: REC + id, value: jsonValue(r) }], false)
+    })
   }
 
   /** Record that `relay` holds these envelopes durably. Idempotent. */

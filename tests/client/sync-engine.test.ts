@@ -6,6 +6,7 @@ import { FrameType } from '../../src/protocol/frames.js'
 import { toHex } from '../../src/protocol/bytes.js'
 import { messageId } from '../../src/protocol/hash.js'
 import { generateIdentity } from '../../src/client/identity.js'
+import { jsonValue } from '../../src/queue/db.js'
 import { OutboxState } from '../../src/queue/outbox.js'
 import { connect, makeClient, makeRelay, syncWith, type TestClient, type Wire } from '../helpers/pair.js'
 
@@ -108,8 +109,12 @@ describe('sync engine against the relay engine', () => {
     await expect(connect(alice, relay, 'ws://r1', { wire: first, cutAfterUp: 25 }).done).rejects.toThrow(/cut by test/)
     const sentFirst = first.up.filter((f) => f.type === FrameType.PUT).length
     expect(sentFirst).toBeGreaterThan(10)
+    // Never sent to this relay: the chunks went at once, with no QUERY first; the outbox remembers it started.
+    expect(first.up.some((f) => f.type === FrameType.QUERY)).toBe(false)
+    expect((await reports(alice))[0]!.started).toEqual(['ws://r1'])
     const second: Wire = { up: [], down: [] }
     await connect(alice, relay, 'ws://r1', { wire: second }).done
+    expect(second.up[0]!.type).toBe(FrameType.QUERY) // started before: ask what the relay holds
     const resentIdx = second.up.filter((f) => f.type === FrameType.PUT).map((f) => (f as { index: number }).index)
     const chunks = 41
     expect(resentIdx.length).toBeLessThan(chunks) // not a restart
@@ -119,6 +124,31 @@ describe('sync engine against the relay engine', () => {
     const [item] = await bob.inbox.items()
     expect(item!.file_bytes).toBe(file.length)
     expect(bob.files.files.get(item!.file!)).toEqual(file)
+  })
+
+  it('a multi-chunk envelope asks first (QUERY) when the record does not say where it started (written before `started` existed); a fresh one goes at once to each new relay', async () => {
+    const r1 = await makeRelay()
+    const r2 = await makeRelay()
+    const alice = await makeClient()
+    const bob = await makeClient()
+    const id = await queue(alice, bob, 'photo', { file: new Uint8Array(3 * 64 * 1024).fill(7) })
+    const legacy = (await alice.outbox.get(id))!
+    delete legacy.started
+    await alice.db.put('o!' + id, jsonValue(legacy))
+    const w1: Wire = { up: [], down: [] }
+    await connect(alice, r1, 'ws://r1', { wire: w1 }).done
+    expect(w1.up[0]!.type).toBe(FrameType.QUERY)
+    expect((await alice.outbox.get(id))!.started).toBeUndefined()
+
+    const id2 = await queue(alice, bob, 'photo 2', { file: new Uint8Array(3 * 64 * 1024).fill(8) })
+    await connect(alice, r1, 'ws://r1').done
+    expect((await alice.outbox.get(id2))!.started).toEqual(['ws://r1'])
+    const w2: Wire = { up: [], down: [] }
+    await connect(alice, r2, 'ws://r2', { wire: w2 }).done
+    expect(w2.up.filter((f) => f.type === FrameType.QUERY)).toHaveLength(1) // the legacy record only
+    expect(w2.up.find((f) => f.type === FrameType.PUT && toHex((f as { id: Uint8Array }).id) === id2)).toBeDefined()
+    expect((await alice.outbox.get(id2))!.started).toEqual(['ws://r1', 'ws://r2'])
+    expect((await alice.outbox.get(id2))!.relays.sort()).toEqual(['ws://r1', 'ws://r2'])
   })
 
   it('resumes a large download from the chunks already on disk', async () => {

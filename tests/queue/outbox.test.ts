@@ -50,6 +50,20 @@ function runOutboxTests(name: string, openDb: OpenDb): void {
       await h.dispose()
     })
 
+    it('markStarted lists each relay once, keeps the rest of the record, and leaves a record without `started` alone', async () => {
+      await outbox.add(rec('s1', { started: [] }), new Uint8Array(10))
+      await outbox.add(rec('s2'), new Uint8Array(10))
+      await Promise.all([outbox.markStarted(idOf('s1'), 'udp://r1'), outbox.markStarted(idOf('s1'), 'udp://r1'), outbox.markAccepted([idOf('s1')], 'ws://r2', T0)])
+      await outbox.markStarted(idOf('s1'), 'ws://r2')
+      const s1 = (await outbox.get(idOf('s1')))!
+      expect(s1.started).toEqual(['udp://r1', 'ws://r2'])
+      expect(s1.relays).toEqual(['ws://r2']) // not overwritten by the concurrent update
+      await outbox.markStarted(idOf('s2'), 'udp://r1')
+      expect((await outbox.get(idOf('s2')))!.started).toBeUndefined()
+      await outbox.markStarted(idOf('nothing'), 'udp://r1') // no record: nothing written
+      expect(await outbox.get(idOf('nothing'))).toBeUndefined()
+    })
+
     it('generation moves only once queued envelopes are durable, never at compose time', async () => {
       const g0 = outbox.generation
       const r = rec('gen1')

@@ -725,6 +725,14 @@ describe('DatagramSession: pace, efficiency, determinism', () => {
     }
   })
 
+  it('a pace whose packet gap is not a whole millisecond (2.4 ms at 4000 kbit/s) is kept: late timers do not stretch every gap', async () => {
+    const R = 4000
+    const r = await bulk({ seed: 47, bytes: MB, rateKbps: R, link: { delayMs: 20 } })
+    const wireMs = (r.sendSizes.reduce((n, b) => n + b, 0) * 8) / R
+    // Rounding each gap up to 3 ms took 1.25× the wire time.
+    expect(r.finishMs).toBeLessThan(1.05 * wireMs + 100)
+  })
+
   it('efficiency at loss 0.5: packets sent for 1 MB < 1.35 × symbols needed ÷ (1 − 0.5)', async () => {
     const r = await bulk({ seed: 42, bytes: MB, rateKbps: 4000, link: { loss: 0.5, delayMs: 40 } })
     const needed = Math.ceil(streamBytes(r.frames) / r.symbolSize)

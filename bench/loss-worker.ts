@@ -18,12 +18,15 @@
  *                          p-retry with its default settings; acknowledged =
  *                          200 after the server's fsync.
  *
- *   node dist/bench/loss-worker.js --system S --target URL --count N --size BYTES --client I [--rate KBPS]
+ *   node dist/bench/loss-worker.js --system S --target URL --count N --size BYTES --client I [--rate KBPS] [--ws-streams N]
+ *
+ * With CHAPAR_BENCH_TRACE=1 in its environment a Chapar worker also writes
+ * every sync event and retry to stderr, with ms since its start.
  */
 import mqtt from 'mqtt'
 import pRetry from 'p-retry'
 import { runSync } from '../src/client/sync-driver.js'
-import { connectRelay } from '../src/client/transports.js'
+import { connectRelay, DEFAULT_WS_STREAMS } from '../src/client/transports.js'
 import { systemEnv } from '../src/protocol/env.js'
 import { arg, fieldClient } from './field-client.js'
 
@@ -33,6 +36,7 @@ const count = Number(arg('count'))
 const size = Number(arg('size'))
 const client = Number(arg('client'))
 const rateKbps = Number(arg('rate', '512'))
+const wsStreams = Number(arg('ws-streams', String(DEFAULT_WS_STREAMS)))
 
 /** Message k: its client and index in the first 8 bytes, then random bytes. */
 function payload(k: number): Uint8Array {
@@ -67,7 +71,15 @@ async function chapar(): Promise<void> {
     ack,
   )
   t0 = performance.now()
-  await runSync(ctx, { relays: [target], untilEmpty: true, timeoutMs: 24 * 3_600_000, connect: (url) => connectRelay(url, { rateKbps }) })
+  const trace = process.env.CHAPAR_BENCH_TRACE ? (...a: unknown[]) => process.stderr.write(`${Math.round(performance.now() - t0)} ${a.map(String).join(' ')}\n`) : undefined
+  if (trace) {
+    const inner = ctx.onEvent!
+    ctx.onEvent = (e) => {
+      trace('event', JSON.stringify(e).slice(0, 200))
+      inner(e)
+    }
+  }
+  await runSync(ctx, { relays: [target], untilEmpty: true, timeoutMs: 24 * 3_600_000, connect: (url, role) => connectRelay(url, { rateKbps, wsStreams: role === 'upload' ? wsStreams : 1 }), onRetry: (relay, err, delay, role) => trace?.('retry', role, Math.round(delay), (err as Error).message) })
 }
 
 async function mqttQos1(): Promise<void> {

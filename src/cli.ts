@@ -47,6 +47,7 @@ program
   .option('--relay <url>', 'relay ws://, wss:// or udp://host:port?key=… URL (repeat for several)', collect)
   .option('--rate <kbit/s>', 'udp:// relays: send pace (default 512)')
   .option('--mtu <bytes>', 'udp:// relays: largest packet (default 1200)')
+  .option('--ws-streams <n>', 'ws:// relays: WebSockets an upload is striped over, 1–16 (default 4)')
   .option('--until-empty', 'exit 0 once nothing is left to upload and the mailbox is drained')
   .option('--timeout <duration>', 'give up after this long (seconds, or 90s, 10m …) and exit non-zero')
   .option('--json', 'print a JSON report')

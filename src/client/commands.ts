@@ -16,7 +16,7 @@ import { LiveLine } from './progress.js'
 import { runSync } from './sync-driver.js'
 import { datagramOptions } from '../protocol/udp-url.js'
 import type { SyncEvent } from './sync-engine.js'
-import { connectRelay, parseRelayUrl } from './transports.js'
+import { connectRelay, DEFAULT_WS_STREAMS, MAX_WS_STREAMS, parseRelayUrl } from './transports.js'
 
 type Out = (line: string) => void
 const stdout: Out = (line) => process.stdout.write(line + '\n')
@@ -80,12 +80,14 @@ export async function cmdSend(
 }
 
 export async function cmdSync(
-  opts: { home?: string; relay?: string[]; untilEmpty?: boolean; timeout?: string; json?: boolean; rate?: string; mtu?: string },
+  opts: { home?: string; relay?: string[]; untilEmpty?: boolean; timeout?: string; json?: boolean; rate?: string; mtu?: string; wsStreams?: string },
   out: Out = stdout,
 ): Promise<number> {
   const relays = [...new Set((opts.relay ?? []).map(parseRelayUrl))]
   if (relays.length === 0) throw new InputError('no relay given: use --relay ws://host:port or udp://host:port?key=… (may be repeated)')
   const datagram = datagramOptions(opts)
+  const wsStreams = opts.wsStreams === undefined ? DEFAULT_WS_STREAMS : Number(opts.wsStreams)
+  if (!(Number.isInteger(wsStreams) && wsStreams >= 1 && wsStreams <= MAX_WS_STREAMS)) throw new InputError(`--ws-streams must be a whole number from 1 to ${MAX_WS_STREAMS}, got "${opts.wsStreams}"`)
   const timeoutMs = opts.timeout !== undefined ? parseDuration(opts.timeout) : undefined
   const home = await openHome(resolveHome(opts.home))
   const live = new LiveLine()
@@ -138,7 +140,7 @@ export async function cmdSync(
     process.once('SIGTERM', onSignal)
     const report = await runSync(home.context(onEvent), {
       relays,
-      connect: (url) => connectRelay(url, datagram),
+      connect: (url, role) => connectRelay(url, { ...datagram, wsStreams: role === 'upload' ? wsStreams : 1 }),
       untilEmpty: Boolean(opts.untilEmpty),
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
       signal: ac.signal,

@@ -11,7 +11,7 @@ import type { Timers } from '../protocol/env.js'
 import { ChaparError, ErrorCode } from '../protocol/errors.js'
 import { fullJitterDelay } from './backoff.js'
 import { type ClientContext, type SessionResult, type SessionRole, SyncSession } from './sync-engine.js'
-import { connectRelay } from './transports.js'
+import { connectRelay, DEFAULT_WS_STREAMS } from './transports.js'
 import type { WsConnection } from './ws-transport.js'
 
 export interface SyncOptions {
@@ -20,7 +20,8 @@ export interface SyncOptions {
   timeoutMs?: number
   /** Called when an attempt fails and the driver will wait `delayMs` before the next. */
   onRetry?: (relay: string, error: Error, delayMs: number, role: SessionRole) => void
-  connect?: (url: string) => Promise<WsConnection>
+  /** Open a connection for one role (default: connectRelay, uploads striped over DEFAULT_WS_STREAMS WebSockets). */
+  connect?: (url: string, role: SessionRole) => Promise<WsConnection>
   random?: () => number
   signal?: AbortSignal
 }
@@ -104,7 +105,7 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
   const timer = options.timeoutMs !== undefined ? timers.setTimeout(() => controller.abort(timeoutError), options.timeoutMs) : undefined
   const onOuterAbort = (): void => controller.abort(options.signal?.reason)
   options.signal?.addEventListener('abort', onOuterAbort, { once: true })
-  const connect = options.connect ?? ((url: string) => connectRelay(url))
+  const connect = options.connect ?? ((url: string, role: SessionRole) => connectRelay(url, { wsStreams: role === 'upload' ? DEFAULT_WS_STREAMS : 1 }))
   const random = options.random ?? Math.random
 
   /** One role's connection to one relay, retried until it ends cleanly. */
@@ -119,7 +120,7 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
       await pRetry(
         async () => {
           outcome.attempts++
-          const conn = await abortable(connect(relay), signal)
+          const conn = await abortable(connect(relay, role), signal)
           if (signal.aborted) {
             conn.link.close('aborted')
             throw signal.reason

@@ -6,7 +6,17 @@
 import { InputError } from '../protocol/errors.js'
 import { formatUdpUrl, parseUdpUrl } from '../protocol/udp-url.js'
 import { connectUdp, type DatagramOptions } from './udp-transport.js'
-import { connectWs, parseRelayUrl as parseWsUrl, type WsConnection } from './ws-transport.js'
+import { connectWsStriped, parseRelayUrl as parseWsUrl, type WsConnection } from './ws-transport.js'
+
+/** WebSocket connections an upload session stripes over by default (connectWsStriped). */
+export const DEFAULT_WS_STREAMS = 4
+/** More would look like a flood to the relay's per-address limits, and gains little. */
+export const MAX_WS_STREAMS = 16
+
+export interface RelayConnectOptions extends DatagramOptions {
+  /** ws:// and wss:// only: WebSockets to stripe the connection over (uploads; 1 for a mailbox session). */
+  wsStreams?: number
+}
 
 /** Validate and normalise a relay URL; a one-line InputError otherwise. */
 export function parseRelayUrl(s: string): string {
@@ -18,6 +28,6 @@ export function parseRelayUrl(s: string): string {
   throw new InputError(`relay "${s}" must be a ws://, wss:// or udp:// URL`)
 }
 
-export function connectRelay(url: string, datagram: DatagramOptions = {}): Promise<WsConnection> {
-  return /^udp:/i.test(url) ? connectUdp(url, datagram) : connectWs(url)
+export function connectRelay(url: string, options: RelayConnectOptions = {}): Promise<WsConnection> {
+  return /^udp:/i.test(url) ? connectUdp(url, options) : connectWsStriped(url, options.wsStreams ?? 1)
 }

@@ -1,17 +1,20 @@
 /** The WebSocket transport on the client side: a Link over `ws`, with strict limits and a heartbeat. */
 import WebSocket from 'ws'
 import { ChaparError, ErrorCode, InputError } from '../protocol/errors.js'
-import { MAX_FRAME_BYTES } from '../protocol/frames.js'
+import { toHex } from '../protocol/bytes.js'
+import { CHUNK_BYTES, decodeFrame, FrameType, MAX_FRAME_BYTES } from '../protocol/frames.js'
 import type { Link } from '../protocol/env.js'
 
 export const CONNECT_TIMEOUT_MS = 20_000
 export const HEARTBEAT_MS = 15_000
 /**
- * Silence (no frame, no pong) after which the connection is taken as dead.
- * Several heartbeats long: on a lossy link a pong waits behind TCP
- * retransmissions of earlier data, and the simulator showed a one-beat
- * limit cutting connections that were slow but alive (every reconnect then
- * costs a handshake at the same loss).
+ * Silence (no byte from the relay: no frame, pong or ping) after which the
+ * connection is taken as dead. Any byte, not whole frames or our own pongs:
+ * during a long upload our ping waits behind our own data, while the
+ * relay's pings (ws-server.ts) come through. Several heartbeats long: on a
+ * lossy link a pong waits behind TCP retransmissions of earlier data, and
+ * the simulator showed a one-beat limit cutting connections that were slow
+ * but alive (every reconnect then costs a handshake at the same loss).
  */
 export const DEAD_AFTER_MS = 60_000
 
@@ -89,8 +92,18 @@ export function connectWs(url: string, timeoutMs = CONNECT_TIMEOUT_MS): Promise<
       if (ws.readyState === WebSocket.OPEN) ws.ping()
     }, HEARTBEAT_MS)
     heartbeat.unref()
-    ws.on('pong', () => {
+    // Listen to the socket only once ws reads it ('open'): a 'data' listener
+    // added at 'upgrade' would start the flow before ws's own, and the
+    // frames that came with the upgrade response would be lost to it.
+    let socket: import('node:net').Socket | undefined
+    ws.on('upgrade', (res) => {
+      socket = res.socket
+    })
+    ws.on('open', () => {
       heardAt = Date.now()
+      socket?.on('data', () => {
+        heardAt = Date.now()
+      })
     })
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       heardAt = Date.now()
@@ -125,5 +138,197 @@ export function connectWs(url: string, timeoutMs = CONNECT_TIMEOUT_MS): Promise<
         onClose: handoff.onClose,
       })
     })
+  })
+}
+
+/** Bytes of PUT frames a stream of a striped connection may have unanswered: two chunks. */
+export const STRIPE_BYTES = 2 * CHUNK_BYTES
+/** A PUT unanswered this long is also written to an idle stream (connectWsStriped). */
+export const HEDGE_AFTER_MS = 8_000
+
+interface QueuedPut {
+  frame: Uint8Array
+  /** Envelope id, hex. */
+  id: string
+  /** When it was written to a stream (Date.now()), and whether a copy went on another (hedge). */
+  sentAt?: number
+  hedged?: boolean
+}
+
+interface Stream {
+  conn: WsConnection
+  /** PUTs written to this stream and not yet answered, by envelope id, oldest first. */
+  puts: Map<string, QueuedPut[]>
+  bytes: number
+  /** QUERYs written to this stream and not yet answered, by envelope id. */
+  queries: Map<string, Uint8Array>
+}
+
+/**
+ * An upload connection striped over `streams` WebSockets to one relay. One
+ * TCP connection at 50% loss each way spends most of its time in
+ * retransmission timeouts that double with each loss (bench:loss: four
+ * 64 KiB chunks in two minutes); several connections back off
+ * independently, so their sum keeps moving (GridFTP's parallel streams, for
+ * the same reason). The engine sees one reliable Link:
+ *   - It is ready when the first WebSocket opens; the others join as they
+ *     open, so a slow handshake costs nothing.
+ *   - PUTs are pulled, not dealt: a stream takes the next queued PUT while
+ *     its unanswered PUTs are under STRIPE_BYTES, so the streams that move
+ *     carry more and a stuck one holds two chunks at most. The relay
+ *     answers each PUT on the stream it came by (HAVE, STORED, or ERROR
+ *     with the id); other frames go at once on the least loaded stream.
+ *   - A PUT unanswered for HEDGE_AFTER_MS is also written to an idle
+ *     stream, once (see `hedge`).
+ *   - A stream that dies hands its unanswered PUTs back to the queue and
+ *     its unanswered QUERYs to another stream (both are idempotent: at
+ *     worst the relay gets a chunk twice), and is replaced, up to `streams`
+ *     replacements per connection. The Link closes when no stream is left
+ *     or opening.
+ * For uploads only: a mailbox session's AUTH and LIST must share one
+ * connection, and the relay handles its frames in order.
+ */
+export function connectWsStriped(url: string, streams: number, timeoutMs = CONNECT_TIMEOUT_MS): Promise<WsConnection> {
+  if (!(Number.isInteger(streams) && streams >= 1)) throw new RangeError(`streams must be a whole number ≥ 1, got ${streams}`)
+  if (streams === 1) return connectWs(url, timeoutMs)
+  return new Promise((resolve, reject) => {
+    const open: Stream[] = []
+    const queue: QueuedPut[] = []
+    const handoff = new FrameHandoff()
+    let opening = 0
+    let replacements = streams
+    let settled = false
+    let closed = false
+    const closeAll = (reason: string): void => {
+      if (closed) return
+      closed = true
+      clearInterval(hedger)
+      queue.length = 0
+      for (const s of open) s.conn.link.close(reason)
+      handoff.close(reason)
+    }
+    const leastLoaded = (): Stream | undefined => open.reduce<Stream | undefined>((best, s) => (!best || s.bytes < best.bytes ? s : best), undefined)
+    const write = (s: Stream, put: QueuedPut): void => {
+      const list = s.puts.get(put.id) ?? []
+      list.push(put)
+      s.puts.set(put.id, list)
+      s.bytes += put.frame.length
+      s.conn.link.send(put.frame)
+    }
+    const pump = (): void => {
+      while (!closed && queue.length > 0) {
+        const s = leastLoaded()
+        if (!s || s.bytes >= STRIPE_BYTES) return
+        write(s, { ...queue.shift()!, sentAt: Date.now(), hedged: false })
+      }
+    }
+    /**
+     * Hedging: a PUT unanswered for HEDGE_AFTER_MS while a stream stands
+     * idle is written there too, once; the first answer wins (a PUT is
+     * idempotent). A TCP connection stuck in its backoff no longer holds a
+     * report hostage, and the last chunks of a file are not left to the
+     * slowest stream. Only idle streams take copies, so the cost is bounded
+     * by what would otherwise go unused.
+     */
+    const hedge = (): void => {
+      if (closed || queue.length > 0) return
+      const now = Date.now()
+      for (const s of open)
+        for (const list of s.puts.values())
+          for (const put of list) {
+            if (put.hedged || now - (put.sentAt ?? now) < HEDGE_AFTER_MS) continue
+            const idle = open.find((t) => t !== s && t.bytes === 0)
+            if (!idle) return
+            put.hedged = true
+            write(idle, { frame: put.frame, id: put.id, sentAt: now, hedged: true })
+          }
+    }
+    const hedger = setInterval(hedge, 1_000)
+    hedger.unref()
+    /** An answer on `s` for envelope `id`: one PUT of it (HAVE, ERROR) or all of them (STORED). */
+    const answered = (s: Stream, id: string, all: boolean): void => {
+      s.queries.delete(id)
+      const list = s.puts.get(id)
+      if (!list) return
+      for (const p of all ? list.splice(0) : list.splice(0, 1)) s.bytes -= p.frame.length
+      if (list.length === 0) s.puts.delete(id)
+    }
+    const onFrame = (s: Stream, bytes: Uint8Array): void => {
+      const type = bytes[0]
+      if (type === FrameType.HAVE || type === FrameType.STORED || type === FrameType.ERROR) {
+        try {
+          const f = decodeFrame(bytes)
+          if (f.type === FrameType.HAVE) answered(s, toHex(f.id), false)
+          else if (f.type === FrameType.STORED) for (const id of f.ids) answered(s, toHex(id), true)
+          else if (f.type === FrameType.ERROR && f.id) answered(s, toHex(f.id), false)
+        } catch {
+          // Not ours to judge: the engine decodes it too, and closes on garbage.
+        }
+      }
+      handoff.frame(bytes)
+      pump()
+    }
+    const onStreamClosed = (s: Stream, reason: string): void => {
+      const i = open.indexOf(s)
+      if (closed || i < 0) return
+      open.splice(i, 1)
+      queue.unshift(...[...s.puts.values()].flat())
+      const queries = new Set(s.queries.values())
+      if (replacements > 0) {
+        replacements--
+        openOne()
+      }
+      if (open.length === 0 && opening === 0) return closeAll(reason)
+      for (const q of queries) link.send(q)
+      pump()
+    }
+    const link: Link = {
+      send: (frame) => {
+        if (closed) return
+        const f = frame[0] === FrameType.PUT ? decodeFrame(frame) : undefined
+        if (f?.type === FrameType.PUT) {
+          queue.push({ frame, id: toHex(f.id) })
+          return pump()
+        }
+        const s = leastLoaded()
+        if (!s) return // between streams: the engine's idle timeout covers it
+        if (frame[0] === FrameType.QUERY) {
+          const q = decodeFrame(frame)
+          if (q.type === FrameType.QUERY) for (const id of q.ids) s.queries.set(toHex(id), frame)
+        }
+        s.conn.link.send(frame)
+      },
+      close: (reason) => closeAll(reason ?? 'closed'),
+    }
+    const openOne = (): void => {
+      opening++
+      connectWs(url, timeoutMs).then(
+        (conn) => {
+          opening--
+          if (closed) {
+            conn.link.close('not needed')
+            return
+          }
+          const s: Stream = { conn, puts: new Map(), bytes: 0, queries: new Map() }
+          open.push(s)
+          conn.onFrame((f) => onFrame(s, f))
+          conn.onClose((reason) => onStreamClosed(s, reason))
+          if (!settled) {
+            settled = true
+            resolve({ reliable: true, link, onFrame: handoff.onFrame, onClose: handoff.onClose })
+          }
+          pump()
+        },
+        (err: unknown) => {
+          opening--
+          if (open.length > 0 || opening > 0 || closed) return
+          if (!settled) {
+            settled = true
+            reject(err)
+          } else closeAll((err as Error).message)
+        },
+      )
+    }
+    for (let i = 0; i < streams; i++) openOne()
   })
 }

@@ -6,9 +6,11 @@ import type { Relay } from './relay-engine.js'
 
 export const HEARTBEAT_MS = 30_000
 /**
- * A socket silent (no frame, no pong) this long is cut. Two heartbeats, not
- * one: on a lossy link the client's pong waits behind its own queued PUTs,
- * and the simulator showed a one-beat limit resetting live uploads.
+ * A socket silent (no byte at all) this long is cut. Any byte, not whole
+ * frames: at 50% loss a 64 KiB PUT takes longer than this to arrive, and the
+ * client's pong waits behind its own queued PUTs (bench:loss saw uploads
+ * that were moving cut every minute). Two heartbeats, not one: the
+ * simulator showed a one-beat limit resetting live uploads.
  */
 export const DEAD_AFTER_MS = 2 * HEARTBEAT_MS
 /** Stop reading from a socket whose outgoing buffer is above this (a slow reader). */
@@ -40,9 +42,9 @@ export function listenWs(relay: Relay, options: { host: string; port: number }):
     }, HEARTBEAT_MS)
     heartbeat.unref()
 
-    wss.on('connection', (ws) => {
+    wss.on('connection', (ws, req) => {
       heardAt.set(ws, Date.now())
-      ws.on('pong', () => heardAt.set(ws, Date.now()))
+      req.socket.on('data', () => heardAt.set(ws, Date.now()))
       const session = relay.connect({
         send: (frame) => {
           if (ws.readyState !== ws.OPEN) return

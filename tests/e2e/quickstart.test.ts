@@ -145,6 +145,7 @@ describe('bad input: one line on stderr, non-zero exit, no stack trace', () => {
     await expectOneLineError(['sync', '--home', home, '--relay', 'udp://127.0.0.1:7000'], /needs the relay's key/)
     await expectOneLineError(['sync', '--home', home, '--relay', 'udp://127.0.0.1:7000?key=abc'], /key must be 32 bytes/)
     await expectOneLineError(['sync', '--home', home, '--relay', 'ws://127.0.0.1:7000', '--rate', '0'], /--rate must be/)
+    await expectOneLineError(['sync', '--home', home, '--relay', 'ws://127.0.0.1:7000', '--ws-streams', '0'], /--ws-streams must be a whole number from 1 to 16/)
     await expectOneLineError(['relay', '--port', '0', '--data', path.join(dir, 'r-bad2'), '--udp-port', '99999'], /--udp-port must be/)
     await expectOneLineError(['sync', '--home', home], /no relay given/)
     const notDir = path.join(dir, 'file-not-home')

@@ -32,7 +32,7 @@
  */
 import { spawnSync, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { writeFile } from 'node:fs/promises'
+import { readFile, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -176,6 +176,8 @@ export interface LossCliOptions {
   full?: boolean
   json?: boolean
   report?: string
+  /** Render saved rows (comma-separated --json files) instead of running. */
+  from?: string
 }
 
 function num(name: string, v: string, lo: number, hi: number): number {
@@ -414,12 +416,15 @@ const fmtMs = (v: number | null): string => (v === null ? '—' : v < 10_000 ? `
 
 /** Header and cells of the printed table. */
 export function formatTable(rows: readonly Row[]): { head: string[]; table: string[][] } {
-  const head = ['system', 'workload', 'loss', 'model', 'sent', 'delivered', 'ratio', 'p50', 'p95', 'goodput kbit/s', 'capacity', 'wire bytes', 'timed out']
+  // Rows merged from runs at several rates (--from) say which.
+  const rates = new Set(rows.map((r) => r.rate_kbps)).size > 1
+  const head = ['system', 'workload', 'loss', 'model', ...(rates ? ['kbit/s'] : []), 'sent', 'delivered', 'ratio', 'p50', 'p95', 'goodput kbit/s', 'capacity', 'wire bytes', 'timed out']
   const table = rows.map((r) => [
     r.system,
     r.workload,
     String(r.loss),
     r.loss_model,
+    ...(rates ? [String(r.rate_kbps)] : []),
     String(r.sent),
     String(r.delivered),
     r.delivery_ratio.toFixed(2),
@@ -457,8 +462,9 @@ export function describeMachine(): Record<string, string> {
 }
 
 /** A self-contained page: the table and four charts against loss, one line per system, one panel per workload and loss model. */
-export async function reportPage(rows: readonly Row[], o: LossBenchOptions, machine: Record<string, string>): Promise<string> {
-  const values = rows.map((r) => ({ ...r, panel: `${r.workload} · ${r.loss_model}`, p95_s: r.p95_ms === null ? null : r.p95_ms / 1000, goodput_kbps: r.goodput_bps / 1000 }))
+export async function reportPage(rows: readonly Row[], o: LossBenchOptions, machine: Record<string, string>, sources?: readonly string[]): Promise<string> {
+  const rates = [...new Set(rows.map((r) => r.rate_kbps))].sort((a, b) => a - b)
+  const values = rows.map((r) => ({ ...r, panel: `${r.workload} · ${r.loss_model}${rates.length > 1 ? ` · ${r.rate_kbps} kbit/s` : ''}`, p95_s: r.p95_ms === null ? null : r.p95_ms / 1000, goodput_kbps: r.goodput_bps / 1000 }))
   const chart = (field: string, title: string, scale: Record<string, unknown> = {}): Promise<string> =>
     svg({
       data: { values },
@@ -486,13 +492,13 @@ export async function reportPage(rows: readonly Row[], o: LossBenchOptions, mach
   ]
   const { head, table } = formatTable(rows)
   const tr = (cells: string[], tag: string): string => `<tr>${cells.map((c) => `<${tag}>${esc(c)}</${tag}>`).join('')}</tr>`
-  const link = `${o.rateKbps} kbit/s each way, ${o.rttMs} ms round trip${o.jitterMs ? ` (+ up to ${o.jitterMs} ms jitter each way)` : ''}, loss each way: Bernoulli from nftables on each namespace's ingress, or Gilbert–Elliott bursts (mean ${o.burst} packets) from the userspace shaper${o.outage ? `; outages: up ${o.outage.upMs / 1000} s, down ${o.outage.downMs / 1000} s` : ''}`
+  const link = `${rates.length > 1 ? `${rates.join(' or ')} kbit/s each way (as each panel says)` : `${o.rateKbps} kbit/s each way`}, ${o.rttMs} ms round trip${o.jitterMs ? ` (+ up to ${o.jitterMs} ms jitter each way)` : ''}, loss each way: Bernoulli from nftables on each namespace's ingress, or Gilbert–Elliott bursts (mean ${o.burst} packets) from the userspace shaper${o.outage ? `; outages: up ${o.outage.upMs / 1000} s, down ${o.outage.downMs / 1000} s` : ''}`
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>chapar bench:loss</title>
 <style>body{font:14px/1.4 system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:12px}th,td{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f4f4f4}td:nth-child(-n+2){text-align:left}</style>
 </head><body>
 <h1>chapar bench:loss</h1>
-<p>Same link, same workload, one run. Link: ${esc(link)}. Real network namespaces joined by a veth; the rate limit is tbf; the delay is our userspace shaper (bench/shaper.py). Not modelled: reordering, duplication, delay that varies with load beyond the 500 ms tbf queue, asymmetric links.</p>
+<p>${sources ? `Merged from ${sources.length} runs of this harness (${esc(sources.join(', '))}); within a run, every system had the same link and workload` : 'Same link, same workload, one run'}. Link: ${esc(link)}. Real network namespaces joined by a veth; the rate limit is tbf; the delay is our userspace shaper (bench/shaper.py). Not modelled: reordering, duplication, delay that varies with load beyond the 500 ms tbf queue, asymmetric links.</p>
 <p>Machine: ${esc(Object.entries(machine).map(([k, v]) => `${k} ${v}`).join('; '))}.</p>
 ${charts.join('\n')}
 <table>${tr(head, 'th')}${table.map((t) => tr(t, 'td')).join('')}</table>
@@ -501,7 +507,50 @@ ${charts.join('\n')}
 }
 
 /** `chapar bench loss`: exit 0 with the table (or JSON rows), 2 when namespaces cannot be made. */
+/** Rows from saved `--json` output, merged: for the same cell (system, workload, loss, model, rate), a later file's row wins. */
+export async function readRows(files: readonly string[]): Promise<Row[]> {
+  const cells = new Map<string, Row>()
+  for (const file of files) {
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(await readFile(file, 'utf8'))
+    } catch (err) {
+      throw new InputError(`--from ${file}: ${(err as Error).message.split('\n')[0]}`)
+    }
+    if (!Array.isArray(parsed)) throw new InputError(`--from ${file}: not a JSON array of rows (bench loss --json writes one)`)
+    for (const r of parsed as Row[]) {
+      const ok = r !== null && typeof r === 'object' && typeof r.system === 'string' && WORKLOADS[r.workload] !== undefined && typeof r.loss === 'number' && (r.loss_model === 'bernoulli' || r.loss_model === 'gilbert') && typeof r.rate_kbps === 'number' && typeof r.delivered === 'number'
+      if (!ok) throw new InputError(`--from ${file}: a row that is not a bench:loss row: ${JSON.stringify(r).slice(0, 80)}`)
+      cells.set(`${r.system}|${r.workload}|${r.loss}|${r.loss_model}|${r.rate_kbps}`, r)
+    }
+  }
+  const order = [PHYSICAL_LIMIT, ...SYSTEMS] as string[]
+  const workloads = Object.keys(WORKLOADS)
+  return [...cells.values()].sort(
+    (a, b) =>
+      a.loss_model.localeCompare(b.loss_model) ||
+      workloads.indexOf(a.workload) - workloads.indexOf(b.workload) ||
+      a.rate_kbps - b.rate_kbps ||
+      a.loss - b.loss ||
+      order.indexOf(a.system) - order.indexOf(b.system),
+  )
+}
+
 export async function cmdBenchLoss(cli: LossCliOptions, out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Promise<number> {
+  if (cli.from !== undefined) {
+    // No run: the table, JSON and report of rows saved by earlier runs.
+    const files = list(cli.from, '')
+    if (files.length === 0) throw new InputError('--from needs one or more JSON files, comma-separated')
+    const rows = await readRows(files)
+    out(cli.json ? JSON.stringify(rows) : textTable(rows))
+    if (cli.report) {
+      const first = rows[0]
+      const o = { ...resolveLossOptions({}), ...(first ? { rateKbps: first.rate_kbps, rttMs: first.rtt_ms } : {}) }
+      await writeFile(cli.report, await reportPage(rows, o, describeMachine(), files.map((f) => path.basename(f))))
+      process.stderr.write(`report written to ${cli.report}\n`)
+    }
+    return 0
+  }
   const o = resolveLossOptions(cli)
   const why = netnsUnavailable({ shaper: o.rttMs > 0 || o.jitterMs > 0 || o.models.includes('gilbert') })
   if (why) {

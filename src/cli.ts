@@ -131,6 +131,7 @@ bench
   .option('--full', 'also the 20 MB video workload')
   .option('--json', 'print a JSON array of rows instead of the table')
   .option('--report <file.html>', 'also write a self-contained HTML report with charts')
+  .option('--from <files>', 'no run: table, JSON or report of rows saved by earlier --json runs (comma-separated; a later file wins a cell)')
   .action(async (opts: Record<string, unknown>) => {
     const { cmdBenchLoss } = await import('../bench/loss.js')
     process.exitCode = await cmdBenchLoss(opts)

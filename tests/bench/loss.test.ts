@@ -1,11 +1,15 @@
 /**
  * The pure pieces of the bench:loss harness (bench/loss.ts): percentiles,
  * row aggregation, the computed physical limit, time limits, CLI option
- * resolution, the table and the HTML report. No namespaces, no processes.
+ * resolution, the table, the HTML report and merging saved rows (--from).
+ * No namespaces, no processes.
  * Expected values are worked out by hand in the comments.
  */
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { PHYSICAL_LIMIT, SYSTEMS, WORKLOADS, aggregate, formatTable, percentileOfSent, physicalLimitRow, reportPage, resolveLossOptions, textTable, timeLimitFor, type LossBenchOptions, type Row, type Workload } from '../../bench/loss.js'
+import { PHYSICAL_LIMIT, SYSTEMS, WORKLOADS, aggregate, cmdBenchLoss, formatTable, percentileOfSent, physicalLimitRow, readRows, reportPage, resolveLossOptions, textTable, timeLimitFor, type LossBenchOptions, type Row, type Workload } from '../../bench/loss.js'
 import { InputError } from '../../src/protocol/errors.js'
 
 const cell = (over: Partial<{ system: string; workload: string; loss: number; model: 'bernoulli' | 'gilbert'; rateKbps: number; rttMs: number; timeLimitMs: number }> = {}) => ({
@@ -343,5 +347,61 @@ describe('resolveLossOptions: inputs the harness cannot honour', () => {
   it('refuses a fractional seed and a time limit under a second', () => {
     expect(() => resolveLossOptions({ seed: '1.25' })).toThrow(/--seed/)
     expect(() => resolveLossOptions({ timeLimit: '0' })).toThrow(/--time-limit/)
+  })
+})
+
+describe('--from: rows saved by earlier runs, merged', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'chapar-loss-from-'))
+  const save = (name: string, rows: unknown): string => {
+    const f = path.join(dir, name)
+    writeFileSync(f, JSON.stringify(rows))
+    return f
+  }
+  const limit = physicalLimitRow({ workload: 'photo', loss: 0.8, model: 'gilbert', rateKbps: 1000, rttMs: 600, timeLimitMs: 161_000 }, WORKLOADS.photo!)
+
+  it('a later file wins a cell; the rest is kept and sorted by model, workload, rate, loss, then physical limit and the systems in order', async () => {
+    const old = row({ system: 'chapar-udp', workload: 'photo', loss: 0.8, loss_model: 'gilbert', delivered: 1, sent: 1, capacity_ratio: 0.7 })
+    const mqtt = row({ system: 'mqtt-qos1', workload: 'photo', loss: 0.8, loss_model: 'gilbert', delivered: 0, sent: 1 })
+    const video = row({ system: 'chapar-udp', workload: 'video', loss: 0.3, loss_model: 'bernoulli', rate_kbps: 4000 })
+    const a = save('a.json', [mqtt, old, limit])
+    const b = save('b.json', [{ ...old, capacity_ratio: 0.85 }, video])
+    const rows = await readRows([a, b])
+    expect(rows.map((r) => [r.loss_model, r.workload, r.system])).toEqual([
+      ['bernoulli', 'video', 'chapar-udp'],
+      ['gilbert', 'photo', 'physical-limit'],
+      ['gilbert', 'photo', 'chapar-udp'],
+      ['gilbert', 'photo', 'mqtt-qos1'],
+    ])
+    expect(rows.find((r) => r.system === 'chapar-udp' && r.workload === 'photo')!.capacity_ratio).toBe(0.85)
+    // Several rates: the table and the report's panels say which.
+    expect(formatTable(rows).head).toContain('kbit/s')
+    expect(formatTable(rows).table[0]).toContain('4000')
+    const html = await reportPage(rows, resolveLossOptions({}), { cpus: 'x' }, ['a.json', 'b.json'])
+    expect(html).toContain('Merged from 2 runs of this harness (a.json, b.json)')
+    expect(html).toContain('1000 or 4000 kbit/s each way (as each panel says)')
+    expect(html).toContain('video · bernoulli · 4000 kbit/s')
+  }, 60_000)
+
+  it('one rate: no rate column', async () => {
+    expect(formatTable(await readRows([save('c.json', [limit])])).head).not.toContain('kbit/s')
+  })
+
+  it('a file that is not JSON, not an array, or holds something that is not a row: an InputError naming the file', async () => {
+    await expect(readRows([save('bad.json', '[') + 'x'])).rejects.toBeInstanceOf(InputError)
+    writeFileSync(path.join(dir, 'text.json'), 'not json')
+    await expect(readRows([path.join(dir, 'text.json')])).rejects.toThrow(/--from .*text\.json/)
+    await expect(readRows([save('obj.json', { rows: [] })])).rejects.toThrow(/not a JSON array of rows/)
+    await expect(readRows([save('junk.json', [{ system: 'x', workload: 'movie' }])])).rejects.toThrow(/not a bench:loss row/)
+    await expect(cmdBenchLoss({ from: ' , ' }, () => {})).rejects.toThrow(/--from needs one or more JSON files/)
+  })
+
+  it('cmdBenchLoss --from prints the merged table, or JSON, without running anything', async () => {
+    const f = save('d.json', [limit])
+    const lines: string[] = []
+    expect(await cmdBenchLoss({ from: f }, (s) => lines.push(s))).toBe(0)
+    expect(lines.join('\n')).toMatch(/^system\s+workload/)
+    lines.length = 0
+    expect(await cmdBenchLoss({ from: f, json: true }, (s) => lines.push(s))).toBe(0)
+    expect(JSON.parse(lines[0]!)).toEqual([limit])
   })
 })

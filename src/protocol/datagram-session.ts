@@ -22,8 +22,8 @@
  *   cover what it needs (mean arrivals ≥ needed); when the pacer would
  *   otherwise idle, further repair goes out until the chance of decoding
  *   is ROUND_CONFIDENCE. Symbols no ack has covered within a timeout plus
- *   two mean gaps between acks (flightMs) count as lost, so lost acks cost
- *   one timeout, never a stall; the timeout stretches while the peer is
+ *   two mean gaps between acks (flightMs) count as lost, so a lost ack
+ *   delays repair by that much at most, never a stall; the timeout stretches while the peer is
  *   silent (a blackout) instead of blasting into the void.
  *   Pacing: packets leave at `rateKbps`, whatever the loss: loss here is the
  *   medium, not congestion, and backing off on it would collapse at 80%.
@@ -661,7 +661,10 @@ export class DatagramSession {
     const now = this.now()
     for (const id of [...this.out.keys()]) if (id < a.recvBase) this.out.delete(id)
     // An older ack, overtaken (the same largest packet with no more received is no news either).
-    if (this.lastAckPn !== -1 && (a.largestPn < this.lastAckPn || (a.largestPn === this.lastAckPn && a.received <= this.lastAckReceived))) return
+    if (this.lastAckPn !== -1 && (a.largestPn < this.lastAckPn || (a.largestPn === this.lastAckPn && a.received <= this.lastAckReceived))) {
+      this.idleAckGap()
+      return
+    }
     this.lastAckPn = a.largestPn
     this.lastAckReceived = a.received
     if (this.lastAckAt !== undefined) this.ackGap += 0.125 * (Math.min(now - this.lastAckAt, this.baseRto()) - this.ackGap)
@@ -697,6 +700,12 @@ export class DatagramSession {
       b.needed = n === NOT_SEEN ? b.enc.k : Math.min(n, b.enc.k)
       b.inflight = b.inflight.filter((f) => f.pn > a.largestPn)
     }
+    this.idleAckGap()
+  }
+
+  /** With nothing left in flight, the time until the next ack is idle time, not a gap between acks: don't sample it. */
+  private idleAckGap(): void {
+    if (this.out.size === 0) this.lastAckAt = undefined
   }
 
   private probeInterval(now: number): number {

@@ -26,7 +26,7 @@
 import mqtt from 'mqtt'
 import pRetry from 'p-retry'
 import { runSync } from '../src/client/sync-driver.js'
-import { connectRelay, DEFAULT_WS_STREAMS } from '../src/client/transports.js'
+import { connectRelay, DEFAULT_WS_STREAMS, MAX_WS_STREAMS } from '../src/client/transports.js'
 import { systemEnv } from '../src/protocol/env.js'
 import { arg, fieldClient } from './field-client.js'
 
@@ -37,6 +37,7 @@ const size = Number(arg('size'))
 const client = Number(arg('client'))
 const rateKbps = Number(arg('rate', '512'))
 const wsStreams = Number(arg('ws-streams', String(DEFAULT_WS_STREAMS)))
+if (!(Number.isInteger(wsStreams) && wsStreams >= 1 && wsStreams <= MAX_WS_STREAMS)) throw new RangeError(`--ws-streams must be a whole number 1–${MAX_WS_STREAMS}, got ${arg('ws-streams', '')}`)
 
 /** Message k: its client and index in the first 8 bytes, then random bytes. */
 function payload(k: number): Uint8Array {

@@ -10,7 +10,7 @@ import { connectWsStriped, parseRelayUrl as parseWsUrl, type WsConnection } from
 
 /** WebSocket connections an upload session stripes over by default (connectWsStriped). */
 export const DEFAULT_WS_STREAMS = 4
-/** More would look like a flood to the relay's per-address limits, and gains little. */
+/** Each is a TCP connection and a handshake at the same loss; more gains little (bench:loss) and looks like a flood to a relay. */
 export const MAX_WS_STREAMS = 16
 
 export interface RelayConnectOptions extends DatagramOptions {

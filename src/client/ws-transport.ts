@@ -3,6 +3,7 @@ import WebSocket from 'ws'
 import { ChaparError, ErrorCode, InputError } from '../protocol/errors.js'
 import { toHex } from '../protocol/bytes.js'
 import { CHUNK_BYTES, decodeFrame, FrameType, MAX_FRAME_BYTES } from '../protocol/frames.js'
+import { inRanges, type Ranges } from '../protocol/ranges.js'
 import type { Link } from '../protocol/env.js'
 
 export const CONNECT_TIMEOUT_MS = 20_000
@@ -148,8 +149,11 @@ export const HEDGE_AFTER_MS = 8_000
 
 interface QueuedPut {
   frame: Uint8Array
-  /** Envelope id, hex. */
+  /** Envelope id, hex, and the chunk's index in it. */
   id: string
+  index: number
+  /** The engine's priority for it (Link.send): higher goes first. */
+  priority: number
   /** When it was written to a stream (Date.now()), and whether a copy went on another (hedge). */
   sentAt?: number
   hedged?: boolean
@@ -165,6 +169,17 @@ interface Stream {
 }
 
 /**
+ * Insert into a queue kept highest priority first: after every entry of its
+ * priority (FIFO within one), or, for `ahead` (a PUT handed back by a dead
+ * stream, older than anything queued since), before them.
+ */
+function enqueue(queue: QueuedPut[], put: QueuedPut, ahead = false): void {
+  let i = queue.findIndex((q) => (ahead ? q.priority <= put.priority : q.priority < put.priority))
+  if (i < 0) i = queue.length
+  queue.splice(i, 0, put)
+}
+
+/**
  * An upload connection striped over `streams` WebSockets to one relay. One
  * TCP connection at 50% loss each way spends most of its time in
  * retransmission timeouts that double with each loss (bench:loss: four
@@ -173,11 +188,16 @@ interface Stream {
  * the same reason). The engine sees one reliable Link:
  *   - It is ready when the first WebSocket opens; the others join as they
  *     open, so a slow handshake costs nothing.
- *   - PUTs are pulled, not dealt: a stream takes the next queued PUT while
- *     its unanswered PUTs are under STRIPE_BYTES, so the streams that move
- *     carry more and a stuck one holds two chunks at most. The relay
- *     answers each PUT on the stream it came by (HAVE, STORED, or ERROR
- *     with the id); other frames go at once on the least loaded stream.
+ *   - PUTs are pulled, not dealt: a stream takes the next queued PUT
+ *     (highest priority first, as the engine asked) while its unanswered
+ *     PUTs are under STRIPE_BYTES, so the streams that move carry more and
+ *     a stuck one holds two chunks at most. The relay answers each PUT on
+ *     the stream it came by (HAVE, STORED, or ERROR with the id); other
+ *     frames go at once on the least loaded stream, or, while none is
+ *     open, when the next one opens.
+ *   - Chunks the relay has said it holds (HAVE) and envelopes it has
+ *     stored (STORED), on any stream, are not sent again: hedged copies
+ *     and PUTs handed back by a dead stream are dropped for them.
  *   - A PUT unanswered for HEDGE_AFTER_MS is also written to an idle
  *     stream, once (see `hedge`).
  *   - A stream that dies hands its unanswered PUTs back to the queue and
@@ -194,6 +214,16 @@ export function connectWsStriped(url: string, streams: number, timeoutMs = CONNE
   return new Promise((resolve, reject) => {
     const open: Stream[] = []
     const queue: QueuedPut[] = []
+    /** Frames other than PUT sent while no stream was open, for the next one that opens. */
+    const pendingControl: Uint8Array[] = []
+    /** What the relay has said it holds: chunks by envelope (the latest HAVE), and whole envelopes. */
+    const held = new Map<string, Ranges>()
+    const stored = new Set<string>()
+    const done = (p: QueuedPut): boolean => {
+      if (stored.has(p.id)) return true
+      const h = held.get(p.id)
+      return h !== undefined && inRanges(h, p.index)
+    }
     const handoff = new FrameHandoff()
     let opening = 0
     let replacements = streams
@@ -204,6 +234,7 @@ export function connectWsStriped(url: string, streams: number, timeoutMs = CONNE
       closed = true
       clearInterval(hedger)
       queue.length = 0
+      pendingControl.length = 0
       for (const s of open) s.conn.link.close(reason)
       handoff.close(reason)
     }
@@ -219,7 +250,8 @@ export function connectWsStriped(url: string, streams: number, timeoutMs = CONNE
       while (!closed && queue.length > 0) {
         const s = leastLoaded()
         if (!s || s.bytes >= STRIPE_BYTES) return
-        write(s, { ...queue.shift()!, sentAt: Date.now(), hedged: false })
+        const put = queue.shift()!
+        if (!done(put)) write(s, { ...put, sentAt: Date.now(), hedged: false })
       }
     }
     /**
@@ -236,31 +268,55 @@ export function connectWsStriped(url: string, streams: number, timeoutMs = CONNE
       for (const s of open)
         for (const list of s.puts.values())
           for (const put of list) {
-            if (put.hedged || now - (put.sentAt ?? now) < HEDGE_AFTER_MS) continue
+            if (put.hedged || now - (put.sentAt ?? now) < HEDGE_AFTER_MS || done(put)) continue
             const idle = open.find((t) => t !== s && t.bytes === 0)
             if (!idle) return
             put.hedged = true
-            write(idle, { frame: put.frame, id: put.id, sentAt: now, hedged: true })
+            write(idle, { ...put, sentAt: now, hedged: true })
           }
     }
     const hedger = setInterval(hedge, 1_000)
     hedger.unref()
-    /** An answer on `s` for envelope `id`: one PUT of it (HAVE, ERROR) or all of them (STORED). */
-    const answered = (s: Stream, id: string, all: boolean): void => {
-      s.queries.delete(id)
+    /** Forget the PUTs on `s` that `which` picks out of those of envelope `id`; how many went. */
+    const forget = (s: Stream, id: string, which: (p: QueuedPut, i: number) => boolean): number => {
       const list = s.puts.get(id)
-      if (!list) return
-      for (const p of all ? list.splice(0) : list.splice(0, 1)) s.bytes -= p.frame.length
-      if (list.length === 0) s.puts.delete(id)
+      if (!list) return 0
+      const gone = list.filter(which)
+      for (const p of gone) s.bytes -= p.frame.length
+      const kept = list.filter((p, i) => !which(p, i))
+      if (kept.length === 0) s.puts.delete(id)
+      else s.puts.set(id, kept)
+      return gone.length
+    }
+    /**
+     * HAVE on `s`: the answer to a QUERY written there, or to one PUT. The
+     * relay answers a PUT with the chunks it now holds, that one among
+     * them, so every PUT on `s` of a chunk it holds is answered, whichever
+     * copy the HAVE was for.
+     */
+    const onHave = (s: Stream, id: string, have: Ranges): void => {
+      held.set(id, have)
+      s.queries.delete(id)
+      forget(s, id, (p) => inRanges(have, p.index))
+    }
+    /** STORED: the envelope is whole on the relay's disk; any PUT of it still out is moot. */
+    const onStored = (s: Stream, id: string): void => {
+      stored.add(id)
+      held.delete(id)
+      s.queries.delete(id)
+      forget(s, id, () => true)
     }
     const onFrame = (s: Stream, bytes: Uint8Array): void => {
       const type = bytes[0]
       if (type === FrameType.HAVE || type === FrameType.STORED || type === FrameType.ERROR) {
         try {
           const f = decodeFrame(bytes)
-          if (f.type === FrameType.HAVE) answered(s, toHex(f.id), false)
-          else if (f.type === FrameType.STORED) for (const id of f.ids) answered(s, toHex(id), true)
-          else if (f.type === FrameType.ERROR && f.id) answered(s, toHex(f.id), false)
+          if (f.type === FrameType.HAVE) onHave(s, toHex(f.id), f.have)
+          else if (f.type === FrameType.STORED) for (const id of f.ids) onStored(s, toHex(id))
+          else if (f.type === FrameType.ERROR && f.id) {
+            const id = toHex(f.id)
+            if (!s.queries.delete(id)) forget(s, id, (_, i) => i === 0)
+          }
         } catch {
           // Not ours to judge: the engine decodes it too, and closes on garbage.
         }
@@ -272,31 +328,39 @@ export function connectWsStriped(url: string, streams: number, timeoutMs = CONNE
       const i = open.indexOf(s)
       if (closed || i < 0) return
       open.splice(i, 1)
-      queue.unshift(...[...s.puts.values()].flat())
+      const back = [...s.puts.values()].flat().filter((p) => !done(p))
+      back.sort((a, b) => (a.sentAt ?? 0) - (b.sentAt ?? 0))
+      for (let j = back.length - 1; j >= 0; j--) enqueue(queue, { frame: back[j]!.frame, id: back[j]!.id, index: back[j]!.index, priority: back[j]!.priority }, true)
       const queries = new Set(s.queries.values())
       if (replacements > 0) {
         replacements--
         openOne()
       }
       if (open.length === 0 && opening === 0) return closeAll(reason)
-      for (const q of queries) link.send(q)
+      for (const q of queries) sendControl(q)
       pump()
     }
+    const sendControl = (frame: Uint8Array): void => {
+      const s = leastLoaded()
+      if (!s) {
+        pendingControl.push(frame) // between streams: for the next to open
+        return
+      }
+      if (frame[0] === FrameType.QUERY) {
+        const q = decodeFrame(frame)
+        if (q.type === FrameType.QUERY) for (const id of q.ids) s.queries.set(toHex(id), frame)
+      }
+      s.conn.link.send(frame)
+    }
     const link: Link = {
-      send: (frame) => {
+      send: (frame, priority = 0) => {
         if (closed) return
         const f = frame[0] === FrameType.PUT ? decodeFrame(frame) : undefined
         if (f?.type === FrameType.PUT) {
-          queue.push({ frame, id: toHex(f.id) })
+          enqueue(queue, { frame, id: toHex(f.id), index: f.index, priority })
           return pump()
         }
-        const s = leastLoaded()
-        if (!s) return // between streams: the engine's idle timeout covers it
-        if (frame[0] === FrameType.QUERY) {
-          const q = decodeFrame(frame)
-          if (q.type === FrameType.QUERY) for (const id of q.ids) s.queries.set(toHex(id), frame)
-        }
-        s.conn.link.send(frame)
+        sendControl(frame)
       },
       close: (reason) => closeAll(reason ?? 'closed'),
     }
@@ -313,6 +377,7 @@ export function connectWsStriped(url: string, streams: number, timeoutMs = CONNE
           open.push(s)
           conn.onFrame((f) => onFrame(s, f))
           conn.onClose((reason) => onStreamClosed(s, reason))
+          for (const f of pendingControl.splice(0)) sendControl(f)
           if (!settled) {
             settled = true
             resolve({ reliable: true, link, onFrame: handoff.onFrame, onClose: handoff.onClose })
@@ -324,6 +389,8 @@ export function connectWsStriped(url: string, streams: number, timeoutMs = CONNE
           if (open.length > 0 || opening > 0 || closed) return
           if (!settled) {
             settled = true
+            closed = true
+            clearInterval(hedger)
             reject(err)
           } else closeAll((err as Error).message)
         },

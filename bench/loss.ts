@@ -416,15 +416,17 @@ const fmtMs = (v: number | null): string => (v === null ? '—' : v < 10_000 ? `
 
 /** Header and cells of the printed table. */
 export function formatTable(rows: readonly Row[]): { head: string[]; table: string[][] } {
-  // Rows merged from runs at several rates (--from) say which.
+  // Rows merged from runs at several rates or round trips (--from) say which.
   const rates = new Set(rows.map((r) => r.rate_kbps)).size > 1
-  const head = ['system', 'workload', 'loss', 'model', ...(rates ? ['kbit/s'] : []), 'sent', 'delivered', 'ratio', 'p50', 'p95', 'goodput kbit/s', 'capacity', 'wire bytes', 'timed out']
+  const rtts = new Set(rows.map((r) => r.rtt_ms)).size > 1
+  const head = ['system', 'workload', 'loss', 'model', ...(rates ? ['kbit/s'] : []), ...(rtts ? ['rtt ms'] : []), 'sent', 'delivered', 'ratio', 'p50', 'p95', 'goodput kbit/s', 'capacity', 'wire bytes', 'timed out']
   const table = rows.map((r) => [
     r.system,
     r.workload,
     String(r.loss),
     r.loss_model,
     ...(rates ? [String(r.rate_kbps)] : []),
+    ...(rtts ? [String(r.rtt_ms)] : []),
     String(r.sent),
     String(r.delivered),
     r.delivery_ratio.toFixed(2),
@@ -492,7 +494,7 @@ export async function reportPage(rows: readonly Row[], o: LossBenchOptions, mach
   ]
   const { head, table } = formatTable(rows)
   const tr = (cells: string[], tag: string): string => `<tr>${cells.map((c) => `<${tag}>${esc(c)}</${tag}>`).join('')}</tr>`
-  const link = `${rates.length > 1 ? `${rates.join(' or ')} kbit/s each way (as each panel says)` : `${o.rateKbps} kbit/s each way`}, ${o.rttMs} ms round trip${o.jitterMs ? ` (+ up to ${o.jitterMs} ms jitter each way)` : ''}, loss each way: Bernoulli from nftables on each namespace's ingress, or Gilbert–Elliott bursts (mean ${o.burst} packets) from the userspace shaper${o.outage ? `; outages: up ${o.outage.upMs / 1000} s, down ${o.outage.downMs / 1000} s` : ''}`
+  const link = `${rates.length > 1 ? `${rates.join(' or ')} kbit/s each way (as each panel says)` : `${o.rateKbps} kbit/s each way`}, ${o.rttMs} ms round trip${o.jitterMs ? ` (+ up to ${o.jitterMs} ms jitter each way)` : ''}, loss each way: Bernoulli from nftables on each namespace's ingress, or Gilbert–Elliott bursts (mean ${o.burst} packets) from the userspace shaper${o.outage ? `; outages: up ${o.outage.upMs / 1000} s, down ${o.outage.downMs / 1000} s` : ''}${sources ? ' (saved rows do not record burst length, jitter or outages: this is the default; the source runs say what they used)' : ''}`
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>chapar bench:loss</title>
 <style>body{font:14px/1.4 system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:12px}th,td{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f4f4f4}td:nth-child(-n+2){text-align:left}</style>
@@ -506,8 +508,22 @@ ${charts.join('\n')}
 `
 }
 
-/** `chapar bench loss`: exit 0 with the table (or JSON rows), 2 when namespaces cannot be made. */
-/** Rows from saved `--json` output, merged: for the same cell (system, workload, loss, model, rate), a later file's row wins. */
+const NUMERIC_FIELDS = ['loss', 'rate_kbps', 'rtt_ms', 'sent', 'delivered', 'delivery_ratio', 'goodput_bps', 'capacity_ratio', 'wire_bytes', 'time_limit_ms'] as const
+
+/** A saved row whole: every field of Row with its type, or why not. */
+function rowProblem(r: unknown): string | undefined {
+  if (r === null || typeof r !== 'object' || Array.isArray(r)) return 'not an object'
+  const o = r as Record<string, unknown>
+  if (typeof o.system !== 'string') return 'no system'
+  if (typeof o.workload !== 'string' || WORKLOADS[o.workload] === undefined) return `workload ${JSON.stringify(o.workload)}`
+  if (o.loss_model !== 'bernoulli' && o.loss_model !== 'gilbert') return `loss_model ${JSON.stringify(o.loss_model)}`
+  for (const k of NUMERIC_FIELDS) if (typeof o[k] !== 'number' || !Number.isFinite(o[k])) return `${k} ${JSON.stringify(o[k])}`
+  for (const k of ['p50_ms', 'p95_ms'] as const) if (o[k] !== null && typeof o[k] !== 'number') return `${k} ${JSON.stringify(o[k])}`
+  if (typeof o.timed_out !== 'boolean') return `timed_out ${JSON.stringify(o.timed_out)}`
+  return undefined
+}
+
+/** Rows from saved `--json` output, merged: for the same cell (system, workload, loss, model, rate, round trip), a later file's row wins. */
 export async function readRows(files: readonly string[]): Promise<Row[]> {
   const cells = new Map<string, Row>()
   for (const file of files) {
@@ -518,10 +534,11 @@ export async function readRows(files: readonly string[]): Promise<Row[]> {
       throw new InputError(`--from ${file}: ${(err as Error).message.split('\n')[0]}`)
     }
     if (!Array.isArray(parsed)) throw new InputError(`--from ${file}: not a JSON array of rows (bench loss --json writes one)`)
-    for (const r of parsed as Row[]) {
-      const ok = r !== null && typeof r === 'object' && typeof r.system === 'string' && WORKLOADS[r.workload] !== undefined && typeof r.loss === 'number' && (r.loss_model === 'bernoulli' || r.loss_model === 'gilbert') && typeof r.rate_kbps === 'number' && typeof r.delivered === 'number'
-      if (!ok) throw new InputError(`--from ${file}: a row that is not a bench:loss row: ${JSON.stringify(r).slice(0, 80)}`)
-      cells.set(`${r.system}|${r.workload}|${r.loss}|${r.loss_model}|${r.rate_kbps}`, r)
+    for (const r of parsed as unknown[]) {
+      const problem = rowProblem(r)
+      if (problem) throw new InputError(`--from ${file}: a row that is not a bench:loss row (${problem}): ${JSON.stringify(r).slice(0, 80)}`)
+      const row = r as Row
+      cells.set(`${row.system}|${row.workload}|${row.loss}|${row.loss_model}|${row.rate_kbps}|${row.rtt_ms}`, row)
     }
   }
   const order = [PHYSICAL_LIMIT, ...SYSTEMS] as string[]
@@ -531,11 +548,13 @@ export async function readRows(files: readonly string[]): Promise<Row[]> {
       a.loss_model.localeCompare(b.loss_model) ||
       workloads.indexOf(a.workload) - workloads.indexOf(b.workload) ||
       a.rate_kbps - b.rate_kbps ||
+      a.rtt_ms - b.rtt_ms ||
       a.loss - b.loss ||
       order.indexOf(a.system) - order.indexOf(b.system),
   )
 }
 
+/** `chapar bench loss`: exit 0 with the table (or JSON rows), 2 when namespaces cannot be made. */
 export async function cmdBenchLoss(cli: LossCliOptions, out: (s: string) => void = (s) => process.stdout.write(s + '\n')): Promise<number> {
   if (cli.from !== undefined) {
     // No run: the table, JSON and report of rows saved by earlier runs.

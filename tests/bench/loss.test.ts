@@ -382,8 +382,12 @@ describe('--from: rows saved by earlier runs, merged', () => {
     expect(html).toContain('video · bernoulli · 4000 kbit/s')
   }, 60_000)
 
-  it('one rate: no rate column', async () => {
+  it('one rate: no rate column; rows at another round trip are another cell, and the table says which', async () => {
     expect(formatTable(await readRows([save('c.json', [limit])])).head).not.toContain('kbit/s')
+    const rows = await readRows([save('d.json', [limit, { ...limit, rtt_ms: 0 }])])
+    expect(rows.map((r) => r.rtt_ms)).toEqual([0, 600])
+    expect(formatTable(rows).head).toContain('rtt ms')
+    expect(formatTable([limit]).head).not.toContain('rtt ms')
   })
 
   it('a file that is not JSON, not an array, or holds something that is not a row: an InputError naming the file', async () => {
@@ -392,6 +396,11 @@ describe('--from: rows saved by earlier runs, merged', () => {
     await expect(readRows([path.join(dir, 'text.json')])).rejects.toThrow(/--from .*text\.json/)
     await expect(readRows([save('obj.json', { rows: [] })])).rejects.toThrow(/not a JSON array of rows/)
     await expect(readRows([save('junk.json', [{ system: 'x', workload: 'movie' }])])).rejects.toThrow(/not a bench:loss row/)
+    // A row missing a field the table reads: an InputError naming it, not a TypeError later.
+    const { wire_bytes: _, ...noWire } = limit
+    await expect(readRows([save('short.json', [noWire])])).rejects.toThrow(/not a bench:loss row \(wire_bytes undefined\)/)
+    await expect(readRows([save('null.json', [null])])).rejects.toThrow(/not a bench:loss row \(not an object\)/)
+    await expect(readRows([save('p50.json', [{ ...limit, p50_ms: '1 s' }])])).rejects.toBeInstanceOf(InputError)
     await expect(cmdBenchLoss({ from: ' , ' }, () => {})).rejects.toThrow(/--from needs one or more JSON files/)
   })
 

@@ -77,6 +77,8 @@ export interface LossBenchOptions {
   /** Fixed limit per run; otherwise timeLimitFor(). */
   timeLimitMs: number | undefined
   seed: number
+  /** Cap on TCP's retransmission timeout on both hosts (NetnsOptions.tcpRtoMaxMs); the kernel's default when undefined. */
+  tcpRtoMaxMs?: number
 }
 
 export interface Row {
@@ -96,6 +98,8 @@ export interface Row {
   wire_bytes: number
   timed_out: boolean
   time_limit_ms: number
+  /** Only when the run capped TCP's retransmission timeout (--tcp-rto-max). */
+  tcp_rto_max_ms?: number
 }
 
 const round3 = (x: number): number => Math.round(x * 1000) / 1000
@@ -109,7 +113,9 @@ export function percentileOfSent(latencies: readonly number[], sent: number, q: 
 }
 
 /** One measured row from the ack latencies (ms) of the delivered messages. */
-export function aggregate(cell: { system: string; workload: string; loss: number; model: NetLossModel; rateKbps: number; rttMs: number; timeLimitMs: number }, w: Workload, latencies: readonly number[], wireBytes: number): Row {
+type Cell = { workload: string; loss: number; model: NetLossModel; rateKbps: number; rttMs: number; timeLimitMs: number; tcpRtoMaxMs?: number }
+
+export function aggregate(cell: Cell & { system: string }, w: Workload, latencies: readonly number[], wireBytes: number): Row {
   const sent = w.clients * w.perClient
   const delivered = latencies.length
   const timedOut = delivered < sent
@@ -132,11 +138,12 @@ export function aggregate(cell: { system: string; workload: string; loss: number
     wire_bytes: wireBytes,
     timed_out: timedOut,
     time_limit_ms: cell.timeLimitMs,
+    ...(cell.tcpRtoMaxMs !== undefined ? { tcp_rto_max_ms: cell.tcpRtoMaxMs } : {}),
   }
 }
 
 /** The physical limit: payload at rate × (1 − loss), messages one after another in queue order. */
-export function physicalLimitRow(cell: { workload: string; loss: number; model: NetLossModel; rateKbps: number; rttMs: number; timeLimitMs: number }, w: Workload): Row {
+export function physicalLimitRow(cell: Cell, w: Workload): Row {
   const sent = w.clients * w.perClient
   const bps = cell.rateKbps * 1000 * (1 - cell.loss)
   const latencies = Array.from({ length: sent }, (_, k) => ((k + 1) * w.size * 8 * 1000) / bps)
@@ -178,6 +185,7 @@ export interface LossCliOptions {
   report?: string
   /** Render saved rows (comma-separated --json files) instead of running. */
   from?: string
+  tcpRtoMax?: string
 }
 
 function num(name: string, v: string, lo: number, hi: number): number {
@@ -221,6 +229,7 @@ export function resolveLossOptions(cli: LossCliOptions): LossBenchOptions {
     outage: cli.outage ? parseOutage(cli.outage) : undefined,
     timeLimitMs,
     seed,
+    tcpRtoMaxMs: cli.tcpRtoMax === undefined ? undefined : num('tcp-rto-max', cli.tcpRtoMax, 1000, 120_000),
   }
 }
 
@@ -379,13 +388,13 @@ export async function runLossBench(o: LossBenchOptions, live: LiveLine, onRow: (
   try {
     for (const model of o.models) {
       for (const loss of o.losses) {
-        const pair = createNetnsPair({ rateKbit: o.rateKbps, lossPercent: loss * 100, lossModel: model, burst: o.burst, delayMs: o.rttMs / 2, jitterMs: o.jitterMs, seed: o.seed, tag: 'chl' })
+        const pair = createNetnsPair({ rateKbit: o.rateKbps, lossPercent: loss * 100, lossModel: model, burst: o.burst, delayMs: o.rttMs / 2, jitterMs: o.jitterMs, seed: o.seed, tag: 'chl', tcpRtoMaxMs: o.tcpRtoMaxMs })
         try {
           await pair.ready
           for (const workload of o.workloads) {
             const w = WORKLOADS[workload]!
             const timeLimitMs = o.timeLimitMs ?? timeLimitFor(w, loss, o.rateKbps)
-            const cell = { workload, loss, model, rateKbps: o.rateKbps, rttMs: o.rttMs, timeLimitMs }
+            const cell = { workload, loss, model, rateKbps: o.rateKbps, rttMs: o.rttMs, timeLimitMs, tcpRtoMaxMs: o.tcpRtoMaxMs }
             const push = (r: Row): void => {
               rows.push(r)
               onRow(r)
@@ -419,7 +428,8 @@ export function formatTable(rows: readonly Row[]): { head: string[]; table: stri
   // Rows merged from runs at several rates or round trips (--from) say which.
   const rates = new Set(rows.map((r) => r.rate_kbps)).size > 1
   const rtts = new Set(rows.map((r) => r.rtt_ms)).size > 1
-  const head = ['system', 'workload', 'loss', 'model', ...(rates ? ['kbit/s'] : []), ...(rtts ? ['rtt ms'] : []), 'sent', 'delivered', 'ratio', 'p50', 'p95', 'goodput kbit/s', 'capacity', 'wire bytes', 'timed out']
+  const rtoCap = rows.some((r) => r.tcp_rto_max_ms !== undefined)
+  const head = ['system', 'workload', 'loss', 'model', ...(rates ? ['kbit/s'] : []), ...(rtts ? ['rtt ms'] : []), ...(rtoCap ? ['tcp rto max'] : []), 'sent', 'delivered', 'ratio', 'p50', 'p95', 'goodput kbit/s', 'capacity', 'wire bytes', 'timed out']
   const table = rows.map((r) => [
     r.system,
     r.workload,
@@ -427,6 +437,7 @@ export function formatTable(rows: readonly Row[]): { head: string[]; table: stri
     r.loss_model,
     ...(rates ? [String(r.rate_kbps)] : []),
     ...(rtts ? [String(r.rtt_ms)] : []),
+    ...(rtoCap ? [r.tcp_rto_max_ms === undefined ? '120 s' : `${r.tcp_rto_max_ms / 1000} s`] : []),
     String(r.sent),
     String(r.delivered),
     r.delivery_ratio.toFixed(2),
@@ -466,7 +477,8 @@ export function describeMachine(): Record<string, string> {
 /** A self-contained page: the table and four charts against loss, one line per system, one panel per workload and loss model. */
 export async function reportPage(rows: readonly Row[], o: LossBenchOptions, machine: Record<string, string>, sources?: readonly string[]): Promise<string> {
   const rates = [...new Set(rows.map((r) => r.rate_kbps))].sort((a, b) => a - b)
-  const values = rows.map((r) => ({ ...r, panel: `${r.workload} · ${r.loss_model}${rates.length > 1 ? ` · ${r.rate_kbps} kbit/s` : ''}`, p95_s: r.p95_ms === null ? null : r.p95_ms / 1000, goodput_kbps: r.goodput_bps / 1000 }))
+  // A system run with TCP's timeout capped is its own line.
+  const values = rows.map((r) => ({ ...r, system: r.tcp_rto_max_ms === undefined ? r.system : `${r.system} (tcp rto ≤ ${r.tcp_rto_max_ms / 1000} s)`, panel: `${r.workload} · ${r.loss_model}${rates.length > 1 ? ` · ${r.rate_kbps} kbit/s` : ''}`, p95_s: r.p95_ms === null ? null : r.p95_ms / 1000, goodput_kbps: r.goodput_bps / 1000 }))
   const chart = (field: string, title: string, scale: Record<string, unknown> = {}): Promise<string> =>
     svg({
       data: { values },
@@ -494,7 +506,7 @@ export async function reportPage(rows: readonly Row[], o: LossBenchOptions, mach
   ]
   const { head, table } = formatTable(rows)
   const tr = (cells: string[], tag: string): string => `<tr>${cells.map((c) => `<${tag}>${esc(c)}</${tag}>`).join('')}</tr>`
-  const link = `${rates.length > 1 ? `${rates.join(' or ')} kbit/s each way (as each panel says)` : `${o.rateKbps} kbit/s each way`}, ${o.rttMs} ms round trip${o.jitterMs ? ` (+ up to ${o.jitterMs} ms jitter each way)` : ''}, loss each way: Bernoulli from nftables on each namespace's ingress, or Gilbert–Elliott bursts (mean ${o.burst} packets) from the userspace shaper${o.outage ? `; outages: up ${o.outage.upMs / 1000} s, down ${o.outage.downMs / 1000} s` : ''}${sources ? ' (saved rows do not record burst length, jitter or outages: this is the default; the source runs say what they used)' : ''}`
+  const link = `${rates.length > 1 ? `${rates.join(' or ')} kbit/s each way (as each panel says)` : `${o.rateKbps} kbit/s each way`}, ${o.rttMs} ms round trip${o.jitterMs ? ` (+ up to ${o.jitterMs} ms jitter each way)` : ''}, loss each way: Bernoulli from nftables on each namespace's ingress, or Gilbert–Elliott bursts (mean ${o.burst} packets) from the userspace shaper${o.outage ? `; outages: up ${o.outage.upMs / 1000} s, down ${o.outage.downMs / 1000} s` : ''}${o.tcpRtoMaxMs ? `; TCP's retransmission timeout capped at ${o.tcpRtoMaxMs / 1000} s on both hosts` : ''}${sources ? ' (saved rows do not record burst length, jitter or outages: this is the default; the source runs say what they used)' : ''}`
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>chapar bench:loss</title>
 <style>body{font:14px/1.4 system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:12px}th,td{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f4f4f4}td:nth-child(-n+2){text-align:left}</style>
@@ -520,10 +532,11 @@ function rowProblem(r: unknown): string | undefined {
   for (const k of NUMERIC_FIELDS) if (typeof o[k] !== 'number' || !Number.isFinite(o[k])) return `${k} ${JSON.stringify(o[k])}`
   for (const k of ['p50_ms', 'p95_ms'] as const) if (o[k] !== null && typeof o[k] !== 'number') return `${k} ${JSON.stringify(o[k])}`
   if (typeof o.timed_out !== 'boolean') return `timed_out ${JSON.stringify(o.timed_out)}`
+  if (o.tcp_rto_max_ms !== undefined && typeof o.tcp_rto_max_ms !== 'number') return `tcp_rto_max_ms ${JSON.stringify(o.tcp_rto_max_ms)}`
   return undefined
 }
 
-/** Rows from saved `--json` output, merged: for the same cell (system, workload, loss, model, rate, round trip), a later file's row wins. */
+/** Rows from saved `--json` output, merged: for the same cell (system, workload, loss, model, rate, round trip, TCP timeout cap), a later file's row wins. */
 export async function readRows(files: readonly string[]): Promise<Row[]> {
   const cells = new Map<string, Row>()
   for (const file of files) {
@@ -538,7 +551,7 @@ export async function readRows(files: readonly string[]): Promise<Row[]> {
       const problem = rowProblem(r)
       if (problem) throw new InputError(`--from ${file}: a row that is not a bench:loss row (${problem}): ${JSON.stringify(r).slice(0, 80)}`)
       const row = r as Row
-      cells.set(`${row.system}|${row.workload}|${row.loss}|${row.loss_model}|${row.rate_kbps}|${row.rtt_ms}`, row)
+      cells.set(`${row.system}|${row.workload}|${row.loss}|${row.loss_model}|${row.rate_kbps}|${row.rtt_ms}|${row.tcp_rto_max_ms ?? ''}`, row)
     }
   }
   const order = [PHYSICAL_LIMIT, ...SYSTEMS] as string[]
@@ -550,6 +563,7 @@ export async function readRows(files: readonly string[]): Promise<Row[]> {
       a.rate_kbps - b.rate_kbps ||
       a.rtt_ms - b.rtt_ms ||
       a.loss - b.loss ||
+      (a.tcp_rto_max_ms ?? 120_000) - (b.tcp_rto_max_ms ?? 120_000) ||
       order.indexOf(a.system) - order.indexOf(b.system),
   )
 }

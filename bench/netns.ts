@@ -37,6 +37,12 @@ export interface NetnsOptions {
   jitterMs?: number
   seed?: number
   tag?: string
+  /**
+   * Cap on TCP's retransmission timeout in both namespaces, ms
+   * (net.ipv4.tcp_rto_max_ms, Linux ≥ 6.15; 1000–120000). Default: the
+   * kernel's 120 000.
+   */
+  tcpRtoMaxMs?: number
 }
 
 export interface NetnsPair {
@@ -187,6 +193,7 @@ export function createNetnsPair(options: NetnsOptions): NetnsPair {
       run(ns, ['ip', 'addr', 'add', `${ip}/30`, 'dev', dev])
       run(ns, ['ip', 'link', 'set', dev, 'up'])
       run(ns, ['ip', 'link', 'set', 'lo', 'up'])
+      if (options.tcpRtoMaxMs !== undefined) run(ns, ['sysctl', '-qw', `net.ipv4.tcp_rto_max_ms=${options.tcpRtoMaxMs}`])
       run(ns, ['ethtool', '-K', dev, 'tso', 'off', 'gso', 'off', 'gro', 'off'])
       if (!shaped) run(ns, ['tc', 'qdisc', 'add', 'dev', dev, 'root', ...tbf])
       run(ns, ['nft', 'add', 'table', 'inet', 'chapar'])

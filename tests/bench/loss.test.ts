@@ -236,6 +236,22 @@ describe('resolveLossOptions', () => {
     expectInputError(() => resolveLossOptions({ lossModel: 'markov' }), 'markov')
   })
 
+  it('--tcp-rto-max: the kernel default unless given, 1000–120000 ms, and it is recorded in every row', () => {
+    expect(resolveLossOptions({}).tcpRtoMaxMs).toBeUndefined()
+    expect(resolveLossOptions({ tcpRtoMax: '1000' }).tcpRtoMaxMs).toBe(1000)
+    expectInputError(() => resolveLossOptions({ tcpRtoMax: '500' }), '--tcp-rto-max')
+    expectInputError(() => resolveLossOptions({ tcpRtoMax: 'soon' }), '--tcp-rto-max')
+    const cell = { workload: 'photo', loss: 0.5, model: 'bernoulli' as const, rateKbps: 1000, rttMs: 600, timeLimitMs: 120_000 }
+    expect(physicalLimitRow(cell, WORKLOADS.photo!)).not.toHaveProperty('tcp_rto_max_ms')
+    const capped = aggregate({ ...cell, system: 'chapar-ws', tcpRtoMaxMs: 1000 }, WORKLOADS.photo!, [30_000], 1)
+    expect(capped.tcp_rto_max_ms).toBe(1000)
+    const plain = aggregate({ ...cell, system: 'chapar-ws' }, WORKLOADS.photo!, [], 1)
+    const { head, table } = formatTable([plain, capped])
+    expect(head).toContain('tcp rto max')
+    expect(table.map((t) => t[head.indexOf('tcp rto max')])).toEqual(['120 s', '1 s'])
+    expect(formatTable([plain]).head).not.toContain('tcp rto max')
+  })
+
   it('rejects a loss out of 0..0.95 or not a number', () => {
     expectInputError(() => resolveLossOptions({ loss: '1' }), '--loss')
     expectInputError(() => resolveLossOptions({ loss: '0.96' }), '--loss')
@@ -384,6 +400,8 @@ describe('--from: rows saved by earlier runs, merged', () => {
 
   it('one rate: no rate column; rows at another round trip are another cell, and the table says which', async () => {
     expect(formatTable(await readRows([save('c.json', [limit])])).head).not.toContain('kbit/s')
+    // Likewise a run with TCP's timeout capped: its own cell, beside the uncapped one.
+    expect(await readRows([save('e.json', [limit, { ...limit, tcp_rto_max_ms: 1000 }])])).toHaveLength(2)
     const rows = await readRows([save('d.json', [limit, { ...limit, rtt_ms: 0 }])])
     expect(rows.map((r) => r.rtt_ms)).toEqual([0, 600])
     expect(formatTable(rows).head).toContain('rtt ms')

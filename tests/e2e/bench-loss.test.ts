@@ -258,6 +258,23 @@ describe.skipIf(why !== undefined)('bench:loss links over real network namespace
     }
   }, 30_000)
 
+  it("tcpRtoMaxMs caps TCP's retransmission timeout in both namespaces and nowhere else", () => {
+    const sysctl = (ns?: string): string =>
+      spawnSync(ns ? 'ip' : 'sysctl', [...(ns ? ['netns', 'exec', ns, 'sysctl'] : []), '-n', 'net.ipv4.tcp_rto_max_ms'], { encoding: 'utf8' }).stdout.trim()
+    const host = sysctl()
+    if (host === '') return console.warn('no net.ipv4.tcp_rto_max_ms on this kernel (Linux < 6.15): nothing to check')
+    const capped = createNetnsPair({ rateKbit: 1000, lossPercent: 0, tag: 'cht', tcpRtoMaxMs: 1500 })
+    const plain = createNetnsPair({ rateKbit: 1000, lossPercent: 0, tag: 'cht' })
+    try {
+      expect([sysctl(capped.client), sysctl(capped.relay)]).toEqual(['1500', '1500'])
+      expect([sysctl(plain.client), sysctl(plain.relay)]).toEqual(['120000', '120000'])
+      expect(sysctl()).toBe(host)
+    } finally {
+      capped.destroy()
+      plain.destroy()
+    }
+  })
+
   it('destroy() removes both namespaces and kills the shapers', async () => {
     const pair = createNetnsPair({ rateKbit: 1000, lossPercent: 30, lossModel: 'gilbert', delayMs: 10, tag: 'cht' })
     let inodes: number[] = []

@@ -37,6 +37,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { LiveLine } from '../src/client/progress.js'
+import { DEFAULT_WS_STREAMS, MAX_WS_STREAMS } from '../src/client/transports.js'
 import { InputError } from '../src/protocol/errors.js'
 import { parseDuration } from '../src/protocol/duration.js'
 import { parseOutage } from '../src/sim/options.js'
@@ -79,6 +80,8 @@ export interface LossBenchOptions {
   seed: number
   /** Cap on TCP's retransmission timeout on both hosts (NetnsOptions.tcpRtoMaxMs); the kernel's default when undefined. */
   tcpRtoMaxMs?: number
+  /** WebSockets each chapar-ws upload stripes over (the worker's --ws-streams); the client's default when undefined. */
+  wsStreams?: number
 }
 
 export interface Row {
@@ -100,6 +103,8 @@ export interface Row {
   time_limit_ms: number
   /** Only when the run capped TCP's retransmission timeout (--tcp-rto-max). */
   tcp_rto_max_ms?: number
+  /** Only on chapar-ws rows of a run with --ws-streams. */
+  ws_streams?: number
 }
 
 const round3 = (x: number): number => Math.round(x * 1000) / 1000
@@ -113,7 +118,7 @@ export function percentileOfSent(latencies: readonly number[], sent: number, q: 
 }
 
 /** One measured row from the ack latencies (ms) of the delivered messages. */
-type Cell = { workload: string; loss: number; model: NetLossModel; rateKbps: number; rttMs: number; timeLimitMs: number; tcpRtoMaxMs?: number }
+type Cell = { workload: string; loss: number; model: NetLossModel; rateKbps: number; rttMs: number; timeLimitMs: number; tcpRtoMaxMs?: number; wsStreams?: number }
 
 export function aggregate(cell: Cell & { system: string }, w: Workload, latencies: readonly number[], wireBytes: number): Row {
   const sent = w.clients * w.perClient
@@ -139,6 +144,7 @@ export function aggregate(cell: Cell & { system: string }, w: Workload, latencie
     timed_out: timedOut,
     time_limit_ms: cell.timeLimitMs,
     ...(cell.tcpRtoMaxMs !== undefined ? { tcp_rto_max_ms: cell.tcpRtoMaxMs } : {}),
+    ...(cell.wsStreams !== undefined && cell.system === 'chapar-ws' ? { ws_streams: cell.wsStreams } : {}),
   }
 }
 
@@ -186,11 +192,18 @@ export interface LossCliOptions {
   /** Render saved rows (comma-separated --json files) instead of running. */
   from?: string
   tcpRtoMax?: string
+  wsStreams?: string
 }
 
 function num(name: string, v: string, lo: number, hi: number): number {
   const x = Number(v)
   if (!Number.isFinite(x) || x < lo || x > hi) throw new InputError(`--${name} must be a number in ${lo}..${hi}, got "${v}"`)
+  return x
+}
+
+function wholeNum(name: string, v: string, lo: number, hi: number): number {
+  const x = num(name, v, lo, hi)
+  if (!Number.isInteger(x)) throw new InputError(`--${name} must be a whole number in ${lo}..${hi}, got "${v}"`)
   return x
 }
 
@@ -230,6 +243,7 @@ export function resolveLossOptions(cli: LossCliOptions): LossBenchOptions {
     timeLimitMs,
     seed,
     tcpRtoMaxMs: cli.tcpRtoMax === undefined ? undefined : num('tcp-rto-max', cli.tcpRtoMax, 1000, 120_000),
+    wsStreams: cli.wsStreams === undefined ? undefined : wholeNum('ws-streams', cli.wsStreams, 1, MAX_WS_STREAMS),
   }
 }
 
@@ -322,7 +336,7 @@ async function runCell(system: System, w: Workload, pair: NetnsPair, o: LossBenc
     const workers = Array.from({ length: w.clients }, (_, i) => {
       // The clients share one link, so each Chapar UDP client paces at its share of it.
       const rate = Math.max(8, Math.floor(o.rateKbps / w.clients))
-      const child = pair.spawnIn(pair.client, [process.execPath, WORKER, '--system', system, '--target', server.url, '--count', String(w.perClient), '--size', String(w.size), '--client', String(i), '--rate', String(rate)])
+      const child = pair.spawnIn(pair.client, [process.execPath, WORKER, '--system', system, '--target', server.url, '--count', String(w.perClient), '--size', String(w.size), '--client', String(i), '--rate', String(rate), ...(system === 'chapar-ws' && o.wsStreams !== undefined ? ['--ws-streams', String(o.wsStreams)] : [])])
       children.add(child)
       let out = ''
       let err = ''
@@ -394,7 +408,7 @@ export async function runLossBench(o: LossBenchOptions, live: LiveLine, onRow: (
           for (const workload of o.workloads) {
             const w = WORKLOADS[workload]!
             const timeLimitMs = o.timeLimitMs ?? timeLimitFor(w, loss, o.rateKbps)
-            const cell = { workload, loss, model, rateKbps: o.rateKbps, rttMs: o.rttMs, timeLimitMs, tcpRtoMaxMs: o.tcpRtoMaxMs }
+            const cell = { workload, loss, model, rateKbps: o.rateKbps, rttMs: o.rttMs, timeLimitMs, tcpRtoMaxMs: o.tcpRtoMaxMs, wsStreams: o.wsStreams }
             const push = (r: Row): void => {
               rows.push(r)
               onRow(r)
@@ -429,7 +443,8 @@ export function formatTable(rows: readonly Row[]): { head: string[]; table: stri
   const rates = new Set(rows.map((r) => r.rate_kbps)).size > 1
   const rtts = new Set(rows.map((r) => r.rtt_ms)).size > 1
   const rtoCap = rows.some((r) => r.tcp_rto_max_ms !== undefined)
-  const head = ['system', 'workload', 'loss', 'model', ...(rates ? ['kbit/s'] : []), ...(rtts ? ['rtt ms'] : []), ...(rtoCap ? ['tcp rto max'] : []), 'sent', 'delivered', 'ratio', 'p50', 'p95', 'goodput kbit/s', 'capacity', 'wire bytes', 'timed out']
+  const streams = rows.some((r) => r.ws_streams !== undefined)
+  const head = ['system', 'workload', 'loss', 'model', ...(rates ? ['kbit/s'] : []), ...(rtts ? ['rtt ms'] : []), ...(rtoCap ? ['tcp rto max'] : []), ...(streams ? ['ws streams'] : []), 'sent', 'delivered', 'ratio', 'p50', 'p95', 'goodput kbit/s', 'capacity', 'wire bytes', 'timed out']
   const table = rows.map((r) => [
     r.system,
     r.workload,
@@ -438,6 +453,7 @@ export function formatTable(rows: readonly Row[]): { head: string[]; table: stri
     ...(rates ? [String(r.rate_kbps)] : []),
     ...(rtts ? [String(r.rtt_ms)] : []),
     ...(rtoCap ? [r.tcp_rto_max_ms === undefined ? '120 s' : `${r.tcp_rto_max_ms / 1000} s`] : []),
+    ...(streams ? [r.system === 'chapar-ws' ? String(r.ws_streams ?? DEFAULT_WS_STREAMS) : '—'] : []),
     String(r.sent),
     String(r.delivered),
     r.delivery_ratio.toFixed(2),
@@ -474,11 +490,16 @@ export function describeMachine(): Record<string, string> {
   }
 }
 
+/** A system run with TCP's timeout capped, or chapar-ws with a chosen stripe, is its own line in the charts. */
+function systemLabel(r: Row): string {
+  const notes = [...(r.tcp_rto_max_ms === undefined ? [] : [`tcp rto ≤ ${r.tcp_rto_max_ms / 1000} s`]), ...(r.ws_streams === undefined ? [] : [`${r.ws_streams} streams`])]
+  return notes.length ? `${r.system} (${notes.join(', ')})` : r.system
+}
+
 /** A self-contained page: the table and four charts against loss, one line per system, one panel per workload and loss model. */
 export async function reportPage(rows: readonly Row[], o: LossBenchOptions, machine: Record<string, string>, sources?: readonly string[]): Promise<string> {
   const rates = [...new Set(rows.map((r) => r.rate_kbps))].sort((a, b) => a - b)
-  // A system run with TCP's timeout capped is its own line.
-  const values = rows.map((r) => ({ ...r, system: r.tcp_rto_max_ms === undefined ? r.system : `${r.system} (tcp rto ≤ ${r.tcp_rto_max_ms / 1000} s)`, panel: `${r.workload} · ${r.loss_model}${rates.length > 1 ? ` · ${r.rate_kbps} kbit/s` : ''}`, p95_s: r.p95_ms === null ? null : r.p95_ms / 1000, goodput_kbps: r.goodput_bps / 1000 }))
+  const values = rows.map((r) => ({ ...r, system: systemLabel(r), panel: `${r.workload} · ${r.loss_model}${rates.length > 1 ? ` · ${r.rate_kbps} kbit/s` : ''}`, p95_s: r.p95_ms === null ? null : r.p95_ms / 1000, goodput_kbps: r.goodput_bps / 1000 }))
   const chart = (field: string, title: string, scale: Record<string, unknown> = {}): Promise<string> =>
     svg({
       data: { values },
@@ -506,7 +527,7 @@ export async function reportPage(rows: readonly Row[], o: LossBenchOptions, mach
   ]
   const { head, table } = formatTable(rows)
   const tr = (cells: string[], tag: string): string => `<tr>${cells.map((c) => `<${tag}>${esc(c)}</${tag}>`).join('')}</tr>`
-  const link = `${rates.length > 1 ? `${rates.join(' or ')} kbit/s each way (as each panel says)` : `${o.rateKbps} kbit/s each way`}, ${o.rttMs} ms round trip${o.jitterMs ? ` (+ up to ${o.jitterMs} ms jitter each way)` : ''}, loss each way: Bernoulli from nftables on each namespace's ingress, or Gilbert–Elliott bursts (mean ${o.burst} packets) from the userspace shaper${o.outage ? `; outages: up ${o.outage.upMs / 1000} s, down ${o.outage.downMs / 1000} s` : ''}${o.tcpRtoMaxMs ? `; TCP's retransmission timeout capped at ${o.tcpRtoMaxMs / 1000} s on both hosts` : ''}${sources ? ' (saved rows do not record burst length, jitter or outages: this is the default; the source runs say what they used)' : ''}`
+  const link = `${rates.length > 1 ? `${rates.join(' or ')} kbit/s each way (as each panel says)` : `${o.rateKbps} kbit/s each way`}, ${o.rttMs} ms round trip${o.jitterMs ? ` (+ up to ${o.jitterMs} ms jitter each way)` : ''}, loss each way: Bernoulli from nftables on each namespace's ingress, or Gilbert–Elliott bursts (mean ${o.burst} packets) from the userspace shaper${o.outage ? `; outages: up ${o.outage.upMs / 1000} s, down ${o.outage.downMs / 1000} s` : ''}${o.tcpRtoMaxMs ? `; TCP's retransmission timeout capped at ${o.tcpRtoMaxMs / 1000} s on both hosts` : ''}${o.wsStreams !== undefined ? `; chapar-ws uploads striped over ${o.wsStreams} WebSocket${o.wsStreams === 1 ? '' : 's'}` : ''}${sources ? ' (saved rows do not record burst length, jitter or outages: this is the default; the source runs say what they used)' : ''}`
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>chapar bench:loss</title>
 <style>body{font:14px/1.4 system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:12px}th,td{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f4f4f4}td:nth-child(-n+2){text-align:left}</style>
@@ -532,11 +553,11 @@ function rowProblem(r: unknown): string | undefined {
   for (const k of NUMERIC_FIELDS) if (typeof o[k] !== 'number' || !Number.isFinite(o[k])) return `${k} ${JSON.stringify(o[k])}`
   for (const k of ['p50_ms', 'p95_ms'] as const) if (o[k] !== null && typeof o[k] !== 'number') return `${k} ${JSON.stringify(o[k])}`
   if (typeof o.timed_out !== 'boolean') return `timed_out ${JSON.stringify(o.timed_out)}`
-  if (o.tcp_rto_max_ms !== undefined && typeof o.tcp_rto_max_ms !== 'number') return `tcp_rto_max_ms ${JSON.stringify(o.tcp_rto_max_ms)}`
+  for (const k of ['tcp_rto_max_ms', 'ws_streams'] as const) if (o[k] !== undefined && (typeof o[k] !== 'number' || !Number.isFinite(o[k]))) return `${k} ${JSON.stringify(o[k])}`
   return undefined
 }
 
-/** Rows from saved `--json` output, merged: for the same cell (system, workload, loss, model, rate, round trip, TCP timeout cap), a later file's row wins. */
+/** Rows from saved `--json` output, merged: for the same cell (system, workload, loss, model, rate, round trip, TCP timeout cap, ws streams), a later file's row wins. */
 export async function readRows(files: readonly string[]): Promise<Row[]> {
   const cells = new Map<string, Row>()
   for (const file of files) {
@@ -551,7 +572,7 @@ export async function readRows(files: readonly string[]): Promise<Row[]> {
       const problem = rowProblem(r)
       if (problem) throw new InputError(`--from ${file}: a row that is not a bench:loss row (${problem}): ${JSON.stringify(r).slice(0, 80)}`)
       const row = r as Row
-      cells.set(`${row.system}|${row.workload}|${row.loss}|${row.loss_model}|${row.rate_kbps}|${row.rtt_ms}|${row.tcp_rto_max_ms ?? ''}`, row)
+      cells.set(`${row.system}|${row.workload}|${row.loss}|${row.loss_model}|${row.rate_kbps}|${row.rtt_ms}|${row.tcp_rto_max_ms ?? ''}|${row.ws_streams ?? ''}`, row)
     }
   }
   const order = [PHYSICAL_LIMIT, ...SYSTEMS] as string[]
@@ -564,6 +585,7 @@ export async function readRows(files: readonly string[]): Promise<Row[]> {
       a.rtt_ms - b.rtt_ms ||
       a.loss - b.loss ||
       (a.tcp_rto_max_ms ?? 120_000) - (b.tcp_rto_max_ms ?? 120_000) ||
+      (a.ws_streams ?? DEFAULT_WS_STREAMS) - (b.ws_streams ?? DEFAULT_WS_STREAMS) ||
       order.indexOf(a.system) - order.indexOf(b.system),
   )
 }

@@ -128,6 +128,7 @@ bench
   .option('--time-limit <duration>', 'per system and workload (default 4x the physical limit, at least 2m)')
   .option('--seed <n>', 'shaper random seed (default 1)')
   .option('--tcp-rto-max <ms>', "cap TCP's retransmission timeout on both hosts, 1000–120000 (sysctl net.ipv4.tcp_rto_max_ms, Linux ≥ 6.15; default the kernel's 120000)")
+  .option('--ws-streams <n>', 'WebSockets each chapar-ws upload stripes over, 1–16 (default the client\'s 4)')
   .option('--quick', 'reports workload at 0.5 loss, Bernoulli, 60 s limit: a smoke run of a few minutes')
   .option('--full', 'also the 20 MB video workload')
   .option('--json', 'print a JSON array of rows instead of the table')

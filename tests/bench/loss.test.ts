@@ -252,6 +252,27 @@ describe('resolveLossOptions', () => {
     expect(formatTable([plain]).head).not.toContain('tcp rto max')
   })
 
+  it('--ws-streams: the client default unless given, a whole 1–16, recorded on chapar-ws rows only, and its own line in the report', async () => {
+    expect(resolveLossOptions({}).wsStreams).toBeUndefined()
+    expect(resolveLossOptions({ wsStreams: '16' }).wsStreams).toBe(16)
+    expectInputError(() => resolveLossOptions({ wsStreams: '0' }), '--ws-streams')
+    expectInputError(() => resolveLossOptions({ wsStreams: '17' }), '--ws-streams')
+    expectInputError(() => resolveLossOptions({ wsStreams: '2.5' }), '--ws-streams')
+    const cell = { workload: 'photo', loss: 0.5, model: 'bernoulli' as const, rateKbps: 1000, rttMs: 600, timeLimitMs: 120_000, wsStreams: 16 }
+    expect(physicalLimitRow(cell, WORKLOADS.photo!)).not.toHaveProperty('ws_streams')
+    expect(aggregate({ ...cell, system: 'mqtt-qos1' }, WORKLOADS.photo!, [], 1)).not.toHaveProperty('ws_streams')
+    const striped = aggregate({ ...cell, system: 'chapar-ws', tcpRtoMaxMs: 1000 }, WORKLOADS.photo!, [100_000], 1)
+    expect(striped.ws_streams).toBe(16)
+    const plain = aggregate({ ...cell, wsStreams: undefined, system: 'chapar-ws' }, WORKLOADS.photo!, [], 1)
+    const udp = aggregate({ ...cell, system: 'chapar-udp' }, WORKLOADS.photo!, [20_000], 1)
+    const { head, table } = formatTable([plain, striped, udp])
+    expect(table.map((t) => t[head.indexOf('ws streams')])).toEqual(['4', '16', '—'])
+    expect(formatTable([plain, udp]).head).not.toContain('ws streams')
+    const html = await reportPage([plain, striped], resolveLossOptions({ wsStreams: '16', tcpRtoMax: '1000' }), { cpus: 'x' })
+    expect(html).toContain('chapar-ws (tcp rto ≤ 1 s, 16 streams)')
+    expect(html).toContain('chapar-ws uploads striped over 16 WebSockets')
+  }, 60_000)
+
   it('rejects a loss out of 0..0.95 or not a number', () => {
     expectInputError(() => resolveLossOptions({ loss: '1' }), '--loss')
     expectInputError(() => resolveLossOptions({ loss: '0.96' }), '--loss')
@@ -402,6 +423,10 @@ describe('--from: rows saved by earlier runs, merged', () => {
     expect(formatTable(await readRows([save('c.json', [limit])])).head).not.toContain('kbit/s')
     // Likewise a run with TCP's timeout capped: its own cell, beside the uncapped one.
     expect(await readRows([save('e.json', [limit, { ...limit, tcp_rto_max_ms: 1000 }])])).toHaveLength(2)
+    // And chapar-ws at another stripe width; a row with a mistyped one is refused.
+    const ws = { ...limit, system: 'chapar-ws' }
+    expect(await readRows([save('f.json', [ws, { ...ws, ws_streams: 16 }])])).toHaveLength(2)
+    await expect(readRows([save('g.json', [{ ...ws, ws_streams: '16' }])])).rejects.toThrow(/ws_streams "16"/)
     const rows = await readRows([save('d.json', [limit, { ...limit, rtt_ms: 0 }])])
     expect(rows.map((r) => r.rtt_ms)).toEqual([0, 600])
     expect(formatTable(rows).head).toContain('rtt ms')

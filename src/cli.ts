@@ -3,6 +3,7 @@
 import { Command, CommanderError } from 'commander'
 import { cmdInbox, cmdInit, cmdSend, cmdStatus, cmdSync, cmdWhoami } from './client/commands.js'
 import { ChaparError } from './protocol/errors.js'
+import { cmdAdmin } from './relay/admin-command.js'
 import { cmdRelay } from './relay/relay-command.js'
 
 const EXIT_USAGE = 2
@@ -62,18 +63,36 @@ program
   .action(run(cmdInbox))
 program
   .command('relay')
-  .description('run a relay (embedded LevelDB store; WebSocket, and UDP with --udp-port)')
-  .option('--host <host>', 'address to listen on', '127.0.0.1')
-  .option('--port <port>', 'port to listen on', '7000')
-  .option('--data <dir>', 'where the relay keeps its LevelDB', './data')
-  .option('--max-envelope <bytes>', 'largest message accepted')
+  .description('run a relay (embedded LevelDB store; WebSocket and HTTP, UDP with --udp-port, metrics with --admin-port)')
+  .option('--config <file.json>', 'settings from a JSON file; environment variables (CHAPAR_RELAY_*) and flags override it')
+  .option('--print-config', 'print the effective settings as JSON and exit')
+  .option('--host <host>', 'address to listen on (default 127.0.0.1)')
+  .option('--port <port>', 'port to listen on (default 7000)')
+  .option('--data <dir>', 'where the relay keeps its LevelDB (default ./data)')
+  .option('--max-envelope <bytes>', 'largest message accepted, e.g. 16MiB')
   .option('--public-url <url>', 'a URL clients dial this relay by, e.g. wss://relay.example.org (repeat for several); mailbox logins for any other relay are refused', collect)
-  .option('--max-ttl <duration>', 'longest expiry accepted (e.g. 35d)')
+  .option('--max-ttl <duration>', 'longest expiry accepted (default 35d)')
   .option('--udp-port <port>', 'also serve the datagram transport on this UDP port (prints its udp:// URL)')
   .option('--udp-rate <kbit/s>', 'datagram transport: pace of replies per client (default 512)')
   .option('--mtu <bytes>', 'datagram transport: largest packet (default 1200)')
-  .option('--verbose', 'log every stored and delivered envelope')
+  .option('--admin-host <host>', 'address of the admin listener (default 127.0.0.1)')
+  .option('--admin-port <port>', 'serve /metrics and the admin API on this port (default: off)')
+  .option('--trust-proxy', 'take client addresses from X-Forwarded-For (behind a reverse proxy)')
+  .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent (default info)')
+  .option('--verbose', 'log every stored and delivered envelope (ids and sizes)')
   .action(run(cmdRelay))
+
+const admin = program.command('admin').description("ask a running relay's admin listener (--admin-port) for its state")
+const adminOpt = ['--admin <url>', 'admin listener URL (default: $CHAPAR_ADMIN_URL, then http://127.0.0.1:7002)'] as const
+admin.command('stats').description('counters and store totals').option(...adminOpt).action(run((o: { admin?: string }) => cmdAdmin('stats', o)))
+admin
+  .command('mailboxes')
+  .description('the largest mailboxes: id, messages, bytes (no content, no keys)')
+  .option(...adminOpt)
+  .option('--limit <n>', 'how many (default 100)')
+  .action(run((o: { admin?: string; limit?: string }) => cmdAdmin('mailboxes', o)))
+admin.command('purge-expired').description('delete expired envelopes and tombstones now').option(...adminOpt).action(run((o: { admin?: string }) => cmdAdmin('purge-expired', o)))
+admin.command('metrics').description('the Prometheus metrics, as scraped').option(...adminOpt).action(run((o: { admin?: string }) => cmdAdmin('metrics', o)))
 
 program
   .command('sim')

@@ -149,7 +149,8 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
           signal,
           onFailedAttempt: async ({ error }) => {
             if (signal.aborted) return
-            const delay = fullJitterDelay(failures++, random)
+            // Never sooner than a relay's retry-after (rate limit, quota, busy).
+            const delay = Math.max(fullJitterDelay(failures++, random), error instanceof ChaparError ? (error.retryAfterMs ?? 0) : 0)
             options.onRetry?.(relay, error, delay, role)
             await sleep(timers, delay, signal).catch(() => {})
           },

@@ -28,7 +28,7 @@
 import { toHex, fromHex } from '../protocol/bytes.js'
 import type { Env, Link, TimerHandle } from '../protocol/env.js'
 import { Kind, MAX_ENVELOPE_BYTES, open, Priority } from '../protocol/envelope.js'
-import { ChaparError, ErrorCode, ProtocolError } from '../protocol/errors.js'
+import { ChaparError, ErrorCode, ProtocolError, RETRYABLE_CODES } from '../protocol/errors.js'
 import { formatAddress } from '../protocol/address.js'
 import {
   CHUNK_BYTES,
@@ -560,8 +560,11 @@ export class SyncSession {
   }
 
   private async onError(f: Extract<Frame, { type: typeof FrameType.ERROR }>): Promise<void> {
-    if (f.code === ErrorCode.RETRY_LATER || !f.id) {
-      throw new ChaparError(f.code, `relay ${this.relay} refused: ${f.message}`)
+    // A refusal that may pass later (busy, rate limit, quota): end this
+    // session with the relay's retry-after; the message stays queued and the
+    // driver reconnects no sooner than that.
+    if (RETRYABLE_CODES.has(f.code) || !f.id) {
+      throw new ChaparError(f.code, `relay ${this.relay} refused: ${f.message}`, f.retryAfterMs !== undefined ? { retryAfterMs: f.retryAfterMs } : {})
     }
     const id = toHex(f.id)
     if (this.uploads.delete(id)) {

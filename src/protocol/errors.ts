@@ -17,6 +17,10 @@ export const ErrorCode = {
   INTERNAL: 'INTERNAL',
   TIMEOUT: 'TIMEOUT',
   DISCONNECTED: 'DISCONNECTED',
+  /** A relay's rate limit: retry after the ERROR's retry-after. */
+  RATE_LIMITED: 'RATE_LIMITED',
+  /** A relay's storage quota (mailbox, total or disk): retry after the ERROR's retry-after. */
+  QUOTA: 'QUOTA',
 } as const
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
 
@@ -36,6 +40,38 @@ export const WIRE_ERROR_CODES: Record<ErrorCode, number> = {
   INTERNAL: 12,
   TIMEOUT: 13,
   DISCONNECTED: 14,
+  RATE_LIMITED: 15,
+  QUOTA: 16,
+}
+
+/** Refusals a sender keeps the message through and retries later (after the relay's retry-after, if it gave one). */
+export const RETRYABLE_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['RETRY_LATER', 'RATE_LIMITED', 'QUOTA'])
+
+/**
+ * The machine-readable reason a relay logs and counts a refusal under: the
+ * vocabulary operators see in metrics and logs.
+ */
+export function refusalReason(code: ErrorCode): string {
+  switch (code) {
+    case 'RATE_LIMITED':
+      return 'rate-limited'
+    case 'QUOTA':
+      return 'quota'
+    case 'TOO_LARGE':
+      return 'too-large'
+    case 'EXPIRED':
+      return 'expired'
+    case 'UNAUTHENTICATED':
+      return 'unauthenticated'
+    case 'RETRY_LATER':
+      return 'busy'
+    case 'INTERNAL':
+    case 'TIMEOUT':
+    case 'DISCONNECTED':
+      return 'internal'
+    default:
+      return 'invalid'
+  }
 }
 
 export function errorCodeFromWire(n: number): ErrorCode {
@@ -45,9 +81,12 @@ export function errorCodeFromWire(n: number): ErrorCode {
 
 export class ChaparError extends Error {
   readonly code: ErrorCode
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+  /** For a refusal that may succeed later: the earliest worth retrying, in ms from now. */
+  readonly retryAfterMs: number | undefined
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; retryAfterMs?: number }) {
     super(message, options)
     this.code = code
+    this.retryAfterMs = options?.retryAfterMs
     this.name = 'ChaparError'
   }
 }

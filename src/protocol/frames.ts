@@ -63,7 +63,8 @@ export type Frame =
   | { type: typeof FrameType.CHUNK; id: Uint8Array; size: number; index: number; data: Uint8Array }
   /** client → relay: these are on the recipient's disk; delete them. */
   | { type: typeof FrameType.DONE; ids: Uint8Array[] }
-  | { type: typeof FrameType.ERROR; code: ErrorCode; id: Uint8Array | undefined; message: string }
+  /** `retryAfterMs`: for a refusal the sender should retry (RETRY_LATER, RATE_LIMITED, QUOTA), not before this long. */
+  | { type: typeof FrameType.ERROR; code: ErrorCode; id: Uint8Array | undefined; message: string; retryAfterMs?: number | undefined }
 
 export type FrameOf<T extends Frame['type']> = Extract<Frame, { type: T }>
 
@@ -146,6 +147,7 @@ export function encodeFrame(f: Frame): Uint8Array {
       break
     case FrameType.ERROR:
       w.u16(WIRE_ERROR_CODES[f.code]).bytes(f.id ?? ZERO_ID).str(clipUtf8(f.message, MAX_ERROR_MESSAGE_BYTES))
+      if (f.retryAfterMs !== undefined) w.u32(Math.min(0xffffffff, Math.max(0, Math.ceil(f.retryAfterMs))))
       break
   }
   return w.finish()
@@ -254,7 +256,9 @@ export function decodeFrame(bytes: Uint8Array, maxEnvelope = Number.MAX_SAFE_INT
         const code = errorCodeFromWire(r.u16())
         const id = r.bytes(HASH_BYTES)
         const message = r.str(MAX_ERROR_MESSAGE_BYTES)
-        f = { type, code, id: id.every((b) => b === 0) ? undefined : id, message }
+        // An optional trailing u32: the retry-after of a refusal.
+        const retryAfterMs = r.remaining > 0 ? r.u32() : undefined
+        f = { type, code, id: id.every((b) => b === 0) ? undefined : id, message, ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) }
         break
       }
       default:

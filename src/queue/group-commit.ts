@@ -17,6 +17,8 @@ export class GroupCommit {
   /** Batches and ops committed, for metrics and benchmarks. */
   batches = 0
   ops = 0
+  /** Called after each batch is durable, with its op count and how long the write and fsync took (metrics). */
+  onBatch: ((ops: number, ms: number) => void) | undefined
 
   /**
    * `durable`, if given, is awaited before each batch is written: the
@@ -40,6 +42,16 @@ export class GroupCommit {
     })
   }
 
+  /** Ops waiting for the next batch (metrics). */
+  get queued(): number {
+    return this.next?.ops.length ?? 0
+  }
+
+  /** Resolves once nothing is queued or being written (graceful shutdown). */
+  async drain(): Promise<void> {
+    while (this.inFlight || this.next) await this.write([]).catch(() => {})
+  }
+
   private async flush(): Promise<void> {
     while (this.next) {
       const batch = this.next
@@ -47,8 +59,12 @@ export class GroupCommit {
       this.inFlight = true
       try {
         if (this.durable && batch.ops.length > 0) await this.durable()
+        const t0 = performance.now()
         await writeBatch(this.db, batch.ops, this.sync)
-        if (batch.ops.length > 0) this.batches++
+        if (batch.ops.length > 0) {
+          this.batches++
+          this.onBatch?.(batch.ops.length, performance.now() - t0)
+        }
         this.ops += batch.ops.length
         for (const w of batch.waiters) w.resolve()
       } catch (err) {

@@ -45,6 +45,20 @@ export interface ChunkPut {
   data: Uint8Array
 }
 
+/** What a mailbox (or the whole store) holds: complete envelopes, and bytes of every envelope held or being received. */
+export interface Usage {
+  messages: number
+  bytes: number
+}
+
+/**
+ * Called before the first chunk of an envelope the store does not hold yet
+ * is written, with what its mailbox and the store would hold after it:
+ * throwing (a QUOTA refusal, say) refuses the envelope before anything is
+ * stored. Later chunks of an envelope already admitted are not asked again.
+ */
+export type Admit = (mailbox: string, size: number, mailboxUsage: Usage, total: Usage) => void
+
 /** `fresh`: this put completed the envelope (false: it was already stored or delivered). */
 export type PutResult = { kind: 'stored'; fresh: boolean } | { kind: 'partial'; have: Ranges }
 
@@ -75,6 +89,15 @@ export class MailboxStore {
   private readonly reads: GroupRead
   /** Single-chunk envelopes being verified and committed, so a concurrent duplicate waits instead of listing it twice. */
   private readonly singles = new Map<string, Promise<PutResult>>()
+  /** Per mailbox, and in all: kept in memory from `loadUsage()` on, for quotas and metrics. */
+  private readonly usage = new Map<string, Usage>()
+  readonly total: Usage = { messages: 0, bytes: 0 }
+  /**
+   * Ids being deleted (DONE or expiry), until their batch commits: a
+   * concurrent DONE or sweep of the same id waits for it instead of deleting
+   * (and uncounting) it a second time.
+   */
+  private readonly deleting = new Map<string, Promise<void>>()
 
   constructor(
     readonly db: Db,
@@ -121,8 +144,33 @@ export class MailboxStore {
     return pending
   }
 
+  /** What `mailbox` (hex) holds now. */
+  mailboxUsage(mailbox: string): Usage {
+    return this.usage.get(mailbox) ?? { messages: 0, bytes: 0 }
+  }
+
+  /** Mailboxes holding anything. */
+  get mailboxCount(): number {
+    return this.usage.size
+  }
+
+  /** Every mailbox's usage, largest first (ids and counts only, for operators). */
+  mailboxes(): Array<{ mailbox: string } & Usage> {
+    return [...this.usage].map(([mailbox, u]) => ({ mailbox, ...u })).sort((a, b) => b.bytes - a.bytes || (a.mailbox < b.mailbox ? -1 : 1))
+  }
+
+  private account(mailbox: string, messages: number, bytes: number): void {
+    const u = this.usage.get(mailbox) ?? { messages: 0, bytes: 0 }
+    u.messages += messages
+    u.bytes += bytes
+    this.total.messages += messages
+    this.total.bytes += bytes
+    if (u.messages <= 0 && u.bytes <= 0) this.usage.delete(mailbox)
+    else this.usage.set(mailbox, u)
+  }
+
   /** Store one chunk; resolves only once it (and, on completion, the whole envelope) is fsynced. */
-  async put(c: ChunkPut, now: number): Promise<PutResult> {
+  async put(c: ChunkPut, now: number, admit?: Admit): Promise<PutResult> {
     if (c.expiresAt <= now) throw new ChaparError(ErrorCode.EXPIRED, 'envelope has expired')
     const id = toHex(c.id)
     const mailbox = toHex(c.mailbox)
@@ -134,12 +182,17 @@ export class MailboxStore {
       throw new ChaparError(ErrorCode.BAD_FRAME, 'chunk disagrees with earlier chunks of the same id')
     }
     const total = chunkCount(c.size)
-    if (total === 1) return this.putSingle(id, c, now)
+    if (total === 1) return this.putSingle(id, c, now, admit)
 
     let p = await this.partial(id, meta)
     if (!p) {
-      p = this.partials.get(id) ?? { size: c.size, mailbox, expiresAt: c.expiresAt, have: new Set(), durable: new Set(), commits: new Map() }
-      this.partials.set(id, p)
+      p = this.partials.get(id)
+      if (!p) {
+        admit?.(mailbox, c.size, this.mailboxUsage(mailbox), this.total)
+        p = { size: c.size, mailbox, expiresAt: c.expiresAt, have: new Set(), durable: new Set(), commits: new Map() }
+        this.partials.set(id, p)
+        this.account(mailbox, 0, c.size)
+      }
     }
     if (p.size !== c.size || p.mailbox !== mailbox || p.expiresAt !== c.expiresAt) {
       throw new ChaparError(ErrorCode.BAD_FRAME, 'chunk disagrees with earlier chunks of the same id')
@@ -189,7 +242,7 @@ export class MailboxStore {
   }
 
   /** A one-chunk envelope: concurrent copies of it share one verification and one listing. */
-  private async putSingle(id: string, c: ChunkPut, now: number): Promise<PutResult> {
+  private async putSingle(id: string, c: ChunkPut, now: number, admit?: Admit): Promise<PutResult> {
     for (let pending = this.singles.get(id); pending; pending = this.singles.get(id)) {
       try {
         await pending
@@ -198,6 +251,8 @@ export class MailboxStore {
         // That copy was bad (or its write failed): judge ours on its own bytes.
       }
     }
+    const mailbox = toHex(c.mailbox)
+    admit?.(mailbox, c.size, this.mailboxUsage(mailbox), this.total)
     const mine = this.complete(id, c, now, new Map([[0, c.data]]))
     this.singles.set(id, mine)
     try {
@@ -244,11 +299,13 @@ export class MailboxStore {
     ]
     for (const [i, data] of fresh) ops.push({ type: 'put', key: CHUNK + id + '!' + pad(i, 8), value: data.slice() })
     await this.commit.write(ops)
-    this.partials.delete(id)
+    // A multi-chunk envelope's bytes were counted when its first chunk came.
+    this.account(mailbox, 1, this.partials.delete(id) ? 0 : c.size)
     return { kind: 'stored', fresh: true }
   }
 
   private async discard(id: string, expiresAt: number): Promise<void> {
+    const p = this.partials.get(id)
     this.partials.delete(id)
     const ops: BatchOp[] = [
       { type: 'del', key: META + id },
@@ -256,6 +313,7 @@ export class MailboxStore {
     ]
     for await (const k of scanKeys(this.db, CHUNK + id + '!')) ops.push({ type: 'del', key: k })
     await this.commit.write(ops)
+    if (p) this.account(p.mailbox, 0, -p.size)
   }
 
   /** Complete envelopes waiting in `mailbox`, oldest first. */
@@ -290,20 +348,43 @@ export class MailboxStore {
   /** The recipient holds these: delete them and remember their ids. Idempotent; other mailboxes' ids are ignored. */
   async done(mailboxBytes: Uint8Array, ids: readonly Uint8Array[], now: number): Promise<number> {
     const mailbox = toHex(mailboxBytes)
-    const ops: BatchOp[] = []
-    let n = 0
+    // Claim the ids first (synchronously), so a concurrent DONE or sweep of
+    // the same id waits for this one rather than deleting it twice.
+    const others: Promise<void>[] = []
+    const claimed: string[] = []
+    let release!: () => void
+    const settled = new Promise<void>((resolve) => (release = resolve))
     for (const idBytes of ids) {
       const id = toHex(idBytes)
-      const meta = await this.meta(id)
-      if (!meta || !meta.complete || meta.mailbox !== mailbox) continue
-      ops.push(...(await this.deleteOps(id, meta)))
-      const until = Math.max(meta.expires_at, now) + TOMBSTONE_GRACE_MS
-      ops.push({ type: 'put', key: TOMB + id, value: jsonValue({ until }) })
-      ops.push({ type: 'put', key: TOMB_EXPIRY + pad(until) + '!' + id, value: new Uint8Array(0) })
-      n++
+      const pending = this.deleting.get(id)
+      if (pending) others.push(pending)
+      else if (!claimed.includes(id)) {
+        claimed.push(id)
+        this.deleting.set(id, settled)
+      }
     }
-    await this.commit.write(ops)
-    return n
+    try {
+      const ops: BatchOp[] = []
+      let n = 0
+      let bytes = 0
+      for (const id of claimed) {
+        const meta = await this.meta(id)
+        if (!meta || !meta.complete || meta.mailbox !== mailbox) continue
+        ops.push(...(await this.deleteOps(id, meta)))
+        const until = Math.max(meta.expires_at, now) + TOMBSTONE_GRACE_MS
+        ops.push({ type: 'put', key: TOMB + id, value: jsonValue({ until }) })
+        ops.push({ type: 'put', key: TOMB_EXPIRY + pad(until) + '!' + id, value: new Uint8Array(0) })
+        n++
+        bytes += meta.size
+      }
+      await this.commit.write(ops)
+      if (n > 0) this.account(mailbox, -n, -bytes)
+      await Promise.allSettled(others)
+      return n
+    } finally {
+      for (const id of claimed) this.deleting.delete(id)
+      release()
+    }
   }
 
   private async deleteOps(id: string, meta: StoredMeta): Promise<BatchOp[]> {
@@ -319,39 +400,59 @@ export class MailboxStore {
   /** Delete expired envelopes (whole or partial) and tombstones past their time. */
   async sweep(now: number): Promise<{ expired: number; tombstones: number }> {
     const ops: BatchOp[] = []
+    const freed: Array<{ id: string; meta: StoredMeta }> = []
+    const claimed: string[] = []
+    let release!: () => void
+    const sweeping = new Promise<void>((resolve) => (release = resolve))
     let expired = 0
     let tombstones = 0
-    for await (const k of scanKeys(this.db, EXPIRY)) {
-      const [, at, id] = k.split('!')
-      if (Number(at) > now) break
-      const meta = await this.meta(id!)
-      if (meta) ops.push(...(await this.deleteOps(id!, meta)))
-      else ops.push({ type: 'del', key: k })
-      this.partials.delete(id!)
-      expired++
+    try {
+      for await (const k of scanKeys(this.db, EXPIRY)) {
+        const [, at, id] = k.split('!')
+        if (Number(at) > now) break
+        if (this.deleting.has(id!)) continue // a DONE is deleting it right now
+        this.deleting.set(id!, sweeping)
+        claimed.push(id!)
+        const meta = await this.meta(id!)
+        if (meta) {
+          ops.push(...(await this.deleteOps(id!, meta)))
+          freed.push({ id: id!, meta })
+        } else ops.push({ type: 'del', key: k })
+        this.partials.delete(id!)
+        expired++
+      }
+      for await (const k of scanKeys(this.db, TOMB_EXPIRY)) {
+        const [, at, id] = k.split('!')
+        if (Number(at) > now) break
+        ops.push({ type: 'del', key: k }, { type: 'del', key: TOMB + id })
+        tombstones++
+      }
+      await this.commit.write(ops)
+      for (const m of freed) this.account(m.meta.mailbox, m.meta.complete ? -1 : 0, -m.meta.size)
+    } finally {
+      for (const id of claimed) this.deleting.delete(id)
+      release()
     }
-    for await (const k of scanKeys(this.db, TOMB_EXPIRY)) {
-      const [, at, id] = k.split('!')
-      if (Number(at) > now) break
-      ops.push({ type: 'del', key: k }, { type: 'del', key: TOMB + id })
-      tombstones++
-    }
-    await this.commit.write(ops)
     return { expired, tombstones }
   }
 
-  /** Counts for metrics and `relay` logs. */
-  async stats(): Promise<{ messages: number; bytes: number; mailboxes: number }> {
-    let messages = 0
-    let bytes = 0
-    const boxes = new Set<string>()
+  /**
+   * Count what every mailbox holds, from disk: once, when the relay opens
+   * its store (one scan of the metadata), before it serves anyone. From then
+   * on the counts are kept in memory as envelopes come and go.
+   */
+  async loadUsage(): Promise<void> {
+    this.usage.clear()
+    this.total.messages = 0
+    this.total.bytes = 0
     for await (const [, v] of scan(this.db, META)) {
       const m = parseJson<StoredMeta>(v)
-      if (!m.complete) continue
-      messages++
-      bytes += m.size
-      boxes.add(m.mailbox)
+      this.account(m.mailbox, m.complete ? 1 : 0, m.size)
     }
-    return { messages, bytes, mailboxes: boxes.size }
+  }
+
+  /** Counts for metrics and `relay` logs (complete envelopes; bytes include envelopes still arriving). */
+  stats(): { messages: number; bytes: number; mailboxes: number } {
+    return { messages: this.total.messages, bytes: this.total.bytes, mailboxes: this.usage.size }
   }
 }

@@ -1,24 +1,28 @@
-/** `chapar relay`: the relay on its embedded LevelDB store, behind a WebSocket server and, with --udp-port, a UDP one. */
+/**
+ * `chapar relay`: the relay on its embedded LevelDB store, behind a
+ * WebSocket (and HTTP) server, with --udp-port a UDP one, and with
+ * --admin-port a loopback admin listener for metrics.
+ */
+import { statfs } from 'node:fs/promises'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import { networkInterfaces } from 'node:os'
 import path from 'node:path'
 import { relayOrigin } from '../protocol/auth.js'
-import { parseDuration } from '../protocol/duration.js'
 import { systemEnv } from '../protocol/env.js'
 import { InputError } from '../protocol/errors.js'
-import { openDiskDb } from '../queue/db.js'
+import { CHUNK_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION } from '../protocol/frames.js'
+import { jsonValue, openDiskDb } from '../queue/db.js'
 import { GroupCommit } from '../queue/group-commit.js'
 import { MailboxStore } from '../queue/mailbox.js'
+import { type AdminServer, listenAdmin } from './admin.js'
+import { loadRelayConfig, printableConfig, type RelayConfig } from './config.js'
+import { type Logger, relayLogger } from './log.js'
 import { Relay } from './relay-engine.js'
-import { listenWs } from './ws-server.js'
-import { listenUdp, type UdpRelayServer } from './udp-server.js'
 import { relayUdpKey } from './relay-key.js'
-import { datagramOptions } from '../protocol/udp-url.js'
+import { listenUdp, type UdpRelayServer } from './udp-server.js'
+import { listenWs, type RelayServer } from './ws-server.js'
 
 export const SWEEP_INTERVAL_MS = 60_000
-
-function log(msg: string, fields: Record<string, unknown> = {}): void {
-  process.stderr.write(JSON.stringify({ t: new Date().toISOString(), msg, ...fields }) + '\n')
-}
 
 const WILDCARDS = new Set(['0.0.0.0', '::', '[::]', ''])
 const LOOPBACK = new Set(['127.0.0.1', '::1', '[::1]', 'localhost'])
@@ -44,34 +48,60 @@ export function authOrigins(host: string, port: number, publicUrls: readonly str
   return [...out]
 }
 
-export async function cmdRelay(opts: {
-  host: string
-  port: string
-  data: string
-  maxEnvelope?: string
-  maxTtl?: string
-  publicUrl?: string[]
-  udpPort?: string
-  udpRate?: string
-  mtu?: string
-  verbose?: boolean
-}): Promise<number> {
-  const udpPort = opts.udpPort === undefined ? undefined : Number(opts.udpPort)
-  if (udpPort !== undefined && !(Number.isInteger(udpPort) && udpPort >= 0 && udpPort <= 65535)) throw new InputError(`--udp-port must be an integer 0..65535, got "${opts.udpPort}"`)
-  const datagram = datagramOptions({ ...(opts.udpRate !== undefined ? { rate: opts.udpRate } : {}), ...(opts.mtu !== undefined ? { mtu: opts.mtu } : {}) }, '--udp-rate')
-  const port = Number(opts.port)
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InputError(`--port must be an integer 0..65535, got "${opts.port}"`)
-  const maxEnvelope = opts.maxEnvelope === undefined ? undefined : Number(opts.maxEnvelope)
-  if (maxEnvelope !== undefined && !(Number.isSafeInteger(maxEnvelope) && maxEnvelope >= 1024)) {
-    throw new InputError(`--max-envelope must be a whole number of bytes ≥ 1024, got "${opts.maxEnvelope}"`)
+/** How often the data directory's filesystem is checked against the disk high-water mark. */
+export const DISK_CHECK_MS = 5_000
+/** /healthz proves the store writable with a real fsynced write, at most this often (it is public). */
+export const HEALTH_PROBE_MS = 1_000
+const HEALTH_KEY = 'h!probe'
+
+export interface RelayFlags {
+  config?: string
+  printConfig?: boolean
+  [flag: string]: unknown
+}
+
+/** Everything a running relay is made of, for `cmdRelay` and tests. */
+export interface RunningRelay {
+  config: RelayConfig
+  relay: Relay
+  url: string
+  udpUrl: string | undefined
+  adminUrl: string | undefined
+  /** Stop as on SIGTERM: stop accepting, finish work in flight, close. */
+  stop(signal?: string): Promise<void>
+}
+
+export async function cmdRelay(flags: RelayFlags): Promise<number> {
+  const config = loadRelayConfig({ file: flags.config, env: process.env, flags: commanderFlags(flags) })
+  if (flags.printConfig) {
+    process.stdout.write(JSON.stringify(printableConfig(config), null, 2) + '\n')
+    return 0
   }
-  const publicUrls = opts.publicUrl ?? []
-  for (const u of publicUrls) {
-    if (!/^(wss?|udp):\/\//i.test(u)) throw new InputError(`--public-url must be a ws://, wss:// or udp:// URL, got "${u}"`)
-    relayOrigin(u)
-  }
-  const maxTtlMs = opts.maxTtl === undefined ? undefined : parseDuration(opts.maxTtl)
-  const dataDir = path.resolve(opts.data)
+  const log = relayLogger(config.log.level)
+  const running = await startRelay(config, log)
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string): void => {
+      process.off('SIGINT', onInt)
+      process.off('SIGTERM', onTerm)
+      void running.stop(sig).then(resolve)
+    }
+    const onInt = (): void => stop('SIGINT')
+    const onTerm = (): void => stop('SIGTERM')
+    process.once('SIGINT', onInt)
+    process.once('SIGTERM', onTerm)
+  })
+  return 0
+}
+
+/** The flags the user gave (commander fills in none: relay flags have no defaults, the schema does). */
+function commanderFlags(flags: RelayFlags): Record<string, unknown> {
+  const out: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(flags)) if (v !== undefined && k !== 'config' && k !== 'printConfig') out[k] = v
+  return out
+}
+
+export async function startRelay(config: RelayConfig, log: Logger): Promise<RunningRelay> {
+  const dataDir = path.resolve(config.data)
   let db
   try {
     db = await openDiskDb(dataDir)
@@ -81,57 +111,163 @@ export async function cmdRelay(opts: {
     throw new InputError(`cannot open relay data in ${dataDir}: ${(err as Error).message}`)
   }
   const commit = new GroupCommit(db, true)
-  const relay = new Relay(new MailboxStore(db, commit), systemEnv, {
-    ...(maxEnvelope ? { maxEnvelope } : {}),
-    ...(maxTtlMs !== undefined ? { maxTtlMs } : {}),
-    origins: authOrigins(opts.host, port, publicUrls, udpPort),
-  })
-  relay.onEvent = (e) => {
-    if (e.type === 'error') log('refused', { code: e.code, reason: e.message })
-    else if (opts.verbose && e.type === 'stored') log('stored', { id: e.id, size: e.size })
-    else if (opts.verbose && e.type === 'deleted') log('delivered', { count: e.count })
-  }
-  let server
-  try {
-    server = await listenWs(relay, { host: opts.host, port })
-  } catch (err) {
-    await db.close()
-    throw new InputError(`cannot listen on ${opts.host}:${port}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
-  }
-  let udp: UdpRelayServer | undefined
-  if (udpPort !== undefined) {
+  const store = new MailboxStore(db, commit)
+  await store.loadUsage()
+
+  let diskFull = false
+  const checkDisk = async (): Promise<void> => {
     try {
-      udp = await listenUdp(relay, { host: opts.host, port: udpPort, secretKey: await relayUdpKey(db, systemEnv.randomBytes), ...datagram })
+      const s = await statfs(dataDir)
+      const used = 1 - s.bavail / s.blocks
+      const full = used > config.quotas.diskHighWater
+      if (full !== diskFull) log.warn({ used: Math.round(used * 1000) / 1000, high_water: config.quotas.diskHighWater }, full ? 'disk past high-water mark: refusing new envelopes' : 'disk below high-water mark again')
+      diskFull = full
     } catch (err) {
-      await server.close()
-      await db.close()
-      throw new InputError(`cannot listen on udp ${opts.host}:${udpPort}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+      log.error({ error: (err as Error).message }, 'cannot read disk usage')
     }
   }
-  if (port === 0 || udpPort === 0) relay.origins = new Set(authOrigins(opts.host, server.port, publicUrls, udp?.port))
-  const stats = await relay.store.stats()
-  log('relay listening', { url: server.url, ...(udp ? { udp_url: udp.url } : {}), data: dataDir, auth_origins: [...(relay.origins ?? [])], ...stats })
+  await checkDisk()
+  const diskTimer = setInterval(() => void checkDisk(), DISK_CHECK_MS)
+  diskTimer.unref()
+
+  const q = config.quotas
+  const relay = new Relay(store, systemEnv, {
+    maxEnvelope: config.maxEnvelope,
+    maxTtlMs: config.maxTtl,
+    origins: authOrigins(config.host, config.port, config.publicUrls, config.udp.port ?? undefined),
+    limits: { perSender: config.limits.perSender ?? undefined, perMailbox: config.limits.perMailbox ?? undefined, perConnection: config.limits.perConnection ?? undefined },
+    quotas: { mailboxBytes: q.mailboxBytes ?? undefined, mailboxMessages: q.mailboxMessages ?? undefined, totalBytes: q.totalBytes ?? undefined, diskFull: () => diskFull },
+  })
+  relay.onEvent = (e) => {
+    if (e.type === 'error') {
+      log.info({ conn: e.conn, code: e.code, reason: e.reason, ...(e.retryAfterMs !== undefined ? { retry_after_ms: e.retryAfterMs } : {}), message: e.message }, 'refused')
+    } else if (config.log.envelopes && e.type === 'stored') log.info({ id: e.id, size: e.size }, 'stored')
+    else if (config.log.envelopes && e.type === 'deleted') log.info({ count: e.count }, 'delivered')
+  }
+
+  // /healthz: one real fsynced write at most every HEALTH_PROBE_MS, shared by concurrent requests.
+  let probe: { at: number; result: Promise<string | undefined> } | undefined
+  const healthy = (): Promise<string | undefined> => {
+    const now = Date.now()
+    if (!probe || now - probe.at > HEALTH_PROBE_MS) {
+      probe = {
+        at: now,
+        result: commit.write([{ type: 'put', key: HEALTH_KEY, value: jsonValue(now) }]).then(
+          () => undefined,
+          (err: Error) => err.message,
+        ),
+      }
+    }
+    return probe.result
+  }
+  let udp: UdpRelayServer | undefined
+  const info = (): Record<string, unknown> => ({
+    software: 'chapar',
+    protocol_version: PROTOCOL_VERSION,
+    transports: { ws: server.url, ...(udp ? { udp: udp.url } : {}) },
+    max_envelope_bytes: relay.maxEnvelope,
+    max_frame_bytes: MAX_FRAME_BYTES,
+    chunk_bytes: CHUNK_BYTES,
+    ttl_ms: { min: 1, max: relay.maxTtlMs },
+    access: 'open',
+    limits: {
+      per_sender: config.limits.perSender,
+      per_mailbox: config.limits.perMailbox,
+      per_connection: config.limits.perConnection,
+    },
+    quotas: { mailbox_bytes: q.mailboxBytes, mailbox_messages: q.mailboxMessages, total_bytes: q.totalBytes, disk_high_water: q.diskHighWater },
+  })
+  const httpRoutes = (req: IncomingMessage, res: ServerResponse): boolean => {
+    const route = `${req.method} ${(req.url ?? '/').split('?')[0]}`
+    if (route === 'GET /healthz') {
+      void healthy().then((problem) => {
+        const body = { ok: !problem, store: problem ?? 'writable', disk: diskFull ? 'past high-water mark' : 'ok' }
+        res.writeHead(problem ? 503 : 200, { 'content-type': 'application/json' })
+        res.end(JSON.stringify(body) + '\n')
+      })
+      return true
+    }
+    if (route === 'GET /info') {
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.end(JSON.stringify(info(), null, 2) + '\n')
+      return true
+    }
+    return false
+  }
+
+  let server: RelayServer
+  try {
+    server = await listenWs(relay, {
+      host: config.host,
+      port: config.port,
+      heartbeatMs: config.timeouts.heartbeat,
+      idleMs: config.timeouts.idle,
+      headersTimeoutMs: config.timeouts.headers,
+      requestTimeoutMs: config.timeouts.request,
+      maxConnections: config.limits.maxConnections,
+      trustProxy: config.trustProxy,
+      http: httpRoutes,
+      log,
+    })
+  } catch (err) {
+    clearInterval(diskTimer)
+    await db.close()
+    throw new InputError(`cannot listen on ${config.host}:${config.port}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+  }
+  if (config.udp.port !== null) {
+    try {
+      udp = await listenUdp(relay, { host: config.host, port: config.udp.port, secretKey: await relayUdpKey(db, systemEnv.randomBytes), rateKbps: config.udp.rate, mtu: config.udp.mtu })
+    } catch (err) {
+      clearInterval(diskTimer)
+      await server.close()
+      await db.close()
+      throw new InputError(`cannot listen on udp ${config.host}:${config.udp.port}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    }
+  }
+  let admin: AdminServer | undefined
+  if (config.admin.port !== null) {
+    try {
+      admin = await listenAdmin({ relay, commit, udp, log }, { host: config.admin.host, port: config.admin.port })
+    } catch (err) {
+      clearInterval(diskTimer)
+      await udp?.close()
+      await server.close()
+      await db.close()
+      throw new InputError(`cannot listen on admin ${config.admin.host}:${config.admin.port}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    }
+  }
+  if (config.port === 0 || config.udp.port === 0) relay.origins = new Set(authOrigins(config.host, server.port, config.publicUrls, udp?.port))
+  log.info(
+    { url: server.url, ...(udp ? { udp_url: udp.url } : {}), ...(admin ? { admin_url: admin.url } : {}), data: dataDir, auth_origins: [...(relay.origins ?? [])], ...store.stats() },
+    'relay listening',
+  )
   const sweep = async (): Promise<void> => {
     try {
       const r = await relay.sweep()
-      if (r.expired || r.tombstones) log('swept', r)
+      if (r.expired || r.tombstones) log.info(r, 'swept')
     } catch (err) {
-      log('sweep failed', { error: (err as Error).message })
+      log.error({ error: (err as Error).message }, 'sweep failed')
     }
   }
   await sweep()
   const sweeper = setInterval(() => void sweep(), SWEEP_INTERVAL_MS)
-  await new Promise<void>((resolve) => {
-    const stop = (sig: string): void => {
-      log('stopping', { signal: sig, ...relay.counters, ...(udp ? { udp: udp.listener.counters } : {}), commits: commit.batches })
-      resolve()
-    }
-    process.once('SIGINT', () => stop('SIGINT'))
-    process.once('SIGTERM', () => stop('SIGTERM'))
-  })
-  clearInterval(sweeper)
-  await udp?.close()
-  await server.close()
-  await db.close()
-  return 0
+
+  let stopping: Promise<void> | undefined
+  const stop = (signal = 'stop'): Promise<void> =>
+    (stopping ??= (async () => {
+      log.info({ signal, open: relay.counters.open, inflight_ops: relay.inFlightOps }, 'stopping: no new connections')
+      clearInterval(sweeper)
+      clearInterval(diskTimer)
+      await server.stopAccepting()
+      // Let PUTs already received reach disk and be acked, up to the shutdown timeout.
+      const until = Date.now() + config.timeouts.shutdown
+      while (relay.inFlightOps > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20))
+      await commit.drain()
+      await udp?.close()
+      await server.close()
+      await admin?.close()
+      await db.close()
+      log.info({ signal, ...relay.counters, ...(udp ? { udp: udp.listener.counters } : {}), commits: commit.batches, unfinished_ops: relay.inFlightOps }, 'stopped')
+    })())
+  return { config, relay, url: server.url, udpUrl: udp?.url, adminUrl: admin?.url, stop }
 }

@@ -8,13 +8,14 @@
 import { toHex } from '../protocol/bytes.js'
 import type { Env, Link } from '../protocol/env.js'
 import { MAX_ENVELOPE_BYTES, RELAY_MAX_TTL_MS } from '../protocol/envelope.js'
-import { ChaparError, ErrorCode } from '../protocol/errors.js'
+import { ChaparError, ErrorCode, refusalReason } from '../protocol/errors.js'
 import { decodeFrame, encodeFrame, type Frame, FrameType, MAX_IDS_PER_FRAME, PROTOCOL_VERSION } from '../protocol/frames.js'
 import { mailboxId } from '../protocol/hash.js'
 import { indicesOf } from '../protocol/ranges.js'
 import { verify } from '../protocol/signature.js'
 import { authMessage } from '../protocol/auth.js'
-import type { MailboxStore } from '../queue/mailbox.js'
+import type { Admit, MailboxStore } from '../queue/mailbox.js'
+import { type BucketSpec, TokenBuckets } from './limits.js'
 
 /** Chunks one GET may ask for; the client's window is smaller. */
 export const MAX_CHUNKS_PER_GET = 64
@@ -24,6 +25,36 @@ export const MAX_IN_FLIGHT_OPS = 4096
 export const MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024
 /** LIST/GET/DONE frames one connection may have queued. */
 export const MAX_QUEUED_MAILBOX_OPS = 256
+/** Retry-after of a refusal for too much in flight on one connection. */
+export const BUSY_RETRY_MS = 1000
+/** Retry-after of a quota refusal: a mailbox drains when its owner syncs, the disk when envelopes are fetched or expire. */
+export const QUOTA_RETRY_MS = 5 * 60_000
+
+const FRAME_NAMES: Record<number, string> = Object.fromEntries(Object.entries(FrameType).map(([k, v]) => [v, k]))
+
+/** A frame type's name for metrics (`PUT`, `GET` …), or `unknown`. */
+export function frameName(type: number | undefined): string {
+  return (type !== undefined && FRAME_NAMES[type]) || 'unknown'
+}
+
+/** Token-bucket rate limits, in bytes per second; absent means unlimited. */
+export interface RelayLimits {
+  /** Upload bytes per sender: its signing key once the connection has logged in (AUTH), else its network address. */
+  perSender?: BucketSpec | undefined
+  /** Upload bytes into one mailbox, from everyone. */
+  perMailbox?: BucketSpec | undefined
+  /** Frame bytes of any kind on one connection. */
+  perConnection?: BucketSpec | undefined
+}
+
+/** Storage quotas; a new envelope past any of them is refused with QUOTA (and a retry-after). */
+export interface RelayQuotas {
+  mailboxBytes?: number | undefined
+  mailboxMessages?: number | undefined
+  totalBytes?: number | undefined
+  /** True while the disk is past its high-water mark (the relay polls the filesystem). */
+  diskFull?: (() => boolean) | undefined
+}
 
 export interface RelayOptions {
   maxEnvelope?: number
@@ -36,6 +67,14 @@ export interface RelayOptions {
    * and the simulator (one relay, no third party) may do.
    */
   origins?: readonly string[]
+  limits?: RelayLimits
+  quotas?: RelayQuotas
+}
+
+/** What a transport knows of a connection. */
+export interface ConnectionInfo {
+  /** The peer's network address (for per-sender limits before AUTH); never logged at the default level. */
+  peer?: string | undefined
 }
 
 export interface RelayCounters {
@@ -48,12 +87,15 @@ export interface RelayCounters {
   chunks_served: number
   done: number
   errors: number
+  /** Connections open now. */
+  open: number
 }
 
 export type RelayEvent =
   | { type: 'stored'; id: string; size: number }
   | { type: 'deleted'; count: number }
-  | { type: 'error'; code: string; message: string }
+  /** A refusal or protocol error sent to connection `conn`; `reason` is refusalReason(code). */
+  | { type: 'error'; conn: number; code: ErrorCode; reason: string; message: string; retryAfterMs?: number | undefined }
 
 export class Relay {
   readonly maxEnvelope: number
@@ -70,7 +112,20 @@ export class Relay {
     chunks_served: 0,
     done: 0,
     errors: 0,
+    open: 0,
   }
+  /** Frames by type name, each way. */
+  readonly framesIn = new Map<string, number>()
+  readonly framesOut = new Map<string, number>()
+  /** Refusals and errors sent, by reason (refusalReason). */
+  readonly refused = new Map<string, number>()
+  readonly limits: RelayLimits
+  readonly quotas: RelayQuotas
+  private readonly senderBuckets: TokenBuckets | undefined
+  private readonly mailboxBuckets: TokenBuckets | undefined
+  private nextConn = 0
+  /** PUT/QUERY operations in progress, over all connections. */
+  inFlightOps = 0
   onEvent: ((e: RelayEvent) => void) | undefined
 
   constructor(
@@ -81,12 +136,47 @@ export class Relay {
     this.maxEnvelope = Math.min(options.maxEnvelope ?? MAX_ENVELOPE_BYTES, MAX_ENVELOPE_BYTES)
     this.maxTtlMs = options.maxTtlMs ?? RELAY_MAX_TTL_MS
     this.origins = options.origins ? new Set(options.origins) : undefined
+    this.limits = options.limits ?? {}
+    this.quotas = options.quotas ?? {}
+    this.senderBuckets = this.limits.perSender ? new TokenBuckets(this.limits.perSender) : undefined
+    this.mailboxBuckets = this.limits.perMailbox ? new TokenBuckets(this.limits.perMailbox) : undefined
   }
 
   /** A new connection: the session greets it with HELLO at once. */
-  connect(link: Link): RelaySession {
+  connect(link: Link, info: ConnectionInfo = {}): RelaySession {
     this.counters.connections++
-    return new RelaySession(this, link)
+    this.counters.open++
+    return new RelaySession(this, link, ++this.nextConn, info)
+  }
+
+  /** @internal Count a frame each way (metrics). */
+  countFrame(map: Map<string, number>, type: number | undefined): void {
+    const name = frameName(type)
+    map.set(name, (map.get(name) ?? 0) + 1)
+  }
+
+  /**
+   * Upload rate limits for `bytes` from `sender` into `mailbox`: 0 when
+   * allowed (tokens taken), else the ms to wait. Both buckets are checked
+   * before either is drawn, so a refusal costs the sender nothing.
+   */
+  rateCheck(sender: string, mailbox: string, bytes: number, now: number): number {
+    const s = this.senderBuckets?.take(sender, bytes, now) ?? 0
+    if (s > 0) return s
+    const m = this.mailboxBuckets?.take(mailbox, bytes, now) ?? 0
+    return m
+  }
+
+  /** The store's admission check for new envelopes: the quotas. */
+  readonly admit: Admit = (_mailbox, size, box, total) => {
+    const q = this.quotas
+    const refuse = (what: string): never => {
+      throw new ChaparError(ErrorCode.QUOTA, what, { retryAfterMs: QUOTA_RETRY_MS })
+    }
+    if (q.diskFull?.()) refuse('relay disk is past its high-water mark')
+    if (q.totalBytes !== undefined && total.bytes + size > q.totalBytes) refuse('relay storage quota reached')
+    if (q.mailboxBytes !== undefined && box.bytes + size > q.mailboxBytes) refuse(`mailbox quota reached (${q.mailboxBytes} bytes)`)
+    if (q.mailboxMessages !== undefined && box.messages + 1 > q.mailboxMessages) refuse(`mailbox quota reached (${q.mailboxMessages} messages)`)
   }
 
   sweep(): ReturnType<MailboxStore['sweep']> {
@@ -103,44 +193,74 @@ export class RelaySession {
   private inFlightOps = 0
   private inFlightBytes = 0
   private queuedMailboxOps = 0
+  /** Rate-limit key: the logged-in signing key, else the network address, else this connection. */
+  private sender: string
+  private readonly connBucket: TokenBuckets | undefined
 
   constructor(
     private readonly relay: Relay,
     private readonly link: Link,
+    /** This connection's number, for logs. */
+    readonly conn: number,
+    info: ConnectionInfo = {},
   ) {
+    this.sender = info.peer !== undefined ? 'addr:' + info.peer : 'conn:' + conn
+    this.connBucket = relay.limits.perConnection ? new TokenBuckets(relay.limits.perConnection, 1) : undefined
     this.challenge = relay.env.randomBytes(32)
     this.send({ type: FrameType.HELLO, version: PROTOCOL_VERSION, challenge: this.challenge, maxEnvelope: relay.maxEnvelope })
   }
 
   private send(f: Frame): void {
-    if (!this.closed) this.link.send(encodeFrame(f))
+    if (this.closed) return
+    this.relay.countFrame(this.relay.framesOut, f.type)
+    this.link.send(encodeFrame(f))
   }
 
-  private error(code: ErrorCode, message: string, id?: Uint8Array): void {
-    this.relay.counters.errors++
-    this.relay.onEvent?.({ type: 'error', code, message })
-    this.send({ type: FrameType.ERROR, code, id, message })
+  private error(code: ErrorCode, message: string, id?: Uint8Array, retryAfterMs?: number): void {
+    const r = this.relay
+    r.counters.errors++
+    const reason = refusalReason(code)
+    r.refused.set(reason, (r.refused.get(reason) ?? 0) + 1)
+    r.onEvent?.({ type: 'error', conn: this.conn, code, reason, message, ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) })
+    this.send({ type: FrameType.ERROR, code, id, message, ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) })
   }
 
   /** The connection went away. */
   close(): void {
+    if (this.closed) return
     this.closed = true
+    this.relay.counters.open--
+  }
+
+  /** Refuse and close: the peer sent something no honest client sends. */
+  private abort(code: ErrorCode, message: string): void {
+    this.error(code, message)
+    this.close()
+    this.link.close(message)
   }
 
   receive(bytes: Uint8Array): void {
     if (this.closed) return
-    const c = this.relay.counters
+    const r = this.relay
+    const c = r.counters
     c.frames_in++
     c.bytes_in += bytes.length
     let f: Frame
     try {
-      f = decodeFrame(bytes, this.relay.maxEnvelope)
+      f = decodeFrame(bytes, r.maxEnvelope)
     } catch (err) {
+      r.countFrame(r.framesIn, undefined)
       const e = err as ChaparError
-      this.error(e.code ?? ErrorCode.BAD_FRAME, e.message)
-      this.closed = true
-      this.link.close(e.message)
+      this.abort(e.code ?? ErrorCode.BAD_FRAME, e.message)
       return
+    }
+    r.countFrame(r.framesIn, f.type)
+    if (this.connBucket) {
+      const wait = this.connBucket.take('', bytes.length, r.env.clock.now())
+      if (wait > 0) {
+        this.error(ErrorCode.RATE_LIMITED, 'connection rate limit', f.type === FrameType.PUT ? f.id.slice() : undefined, wait)
+        return
+      }
     }
     switch (f.type) {
       case FrameType.PUT:
@@ -148,15 +268,24 @@ export class RelaySession {
         const bytes = f.type === FrameType.PUT ? f.data.length : 0
         if (this.inFlightOps >= MAX_IN_FLIGHT_OPS || this.inFlightBytes + bytes > MAX_IN_FLIGHT_BYTES) {
           // An honest client's window is far below this; it backs off and resends.
-          this.error(ErrorCode.RETRY_LATER, 'too much in flight on this connection', f.type === FrameType.PUT ? f.id.slice() : undefined)
+          this.error(ErrorCode.RETRY_LATER, 'too much in flight on this connection', f.type === FrameType.PUT ? f.id.slice() : undefined, BUSY_RETRY_MS)
           return
+        }
+        if (f.type === FrameType.PUT) {
+          const wait = r.rateCheck(this.sender, toHex(f.mailbox), bytes, r.env.clock.now())
+          if (wait > 0) {
+            this.error(ErrorCode.RATE_LIMITED, 'upload rate limit', f.id.slice(), wait)
+            return
+          }
         }
         this.inFlightOps++
         this.inFlightBytes += bytes
+        r.inFlightOps++
         const work = f.type === FrameType.PUT ? this.guard(this.onPut(f), f.id) : this.guard(this.onQuery(f.ids))
         void work.finally(() => {
           this.inFlightOps--
           this.inFlightBytes -= bytes
+          r.inFlightOps--
         })
         return
       }
@@ -195,8 +324,8 @@ export class RelaySession {
     try {
       await p
     } catch (err) {
-      if (err instanceof ChaparError) this.error(err.code, err.message, id?.slice())
-      else this.error(ErrorCode.RETRY_LATER, `relay storage error: ${(err as Error).message}`, id?.slice())
+      if (err instanceof ChaparError) this.error(err.code, err.message, id?.slice(), err.retryAfterMs)
+      else this.error(ErrorCode.RETRY_LATER, `relay storage error: ${(err as Error).message}`, id?.slice(), BUSY_RETRY_MS)
     }
   }
 
@@ -211,6 +340,7 @@ export class RelaySession {
       return
     }
     this.mailbox = mailboxId(pk)
+    this.sender = 'key:' + toHex(pk)
     this.send({ type: FrameType.AUTH_OK, mailbox: this.mailbox })
   }
 
@@ -219,7 +349,7 @@ export class RelaySession {
     if (f.expiresAt > now + this.relay.maxTtlMs) {
       throw new ChaparError(ErrorCode.BAD_INPUT, `expiry is more than ${Math.floor(this.relay.maxTtlMs / 86_400_000)} days ahead`)
     }
-    const result = await this.relay.store.put(f, now)
+    const result = await this.relay.store.put(f, now, this.relay.admit)
     const c = this.relay.counters
     if (result.kind === 'stored') {
       this.ackStored(f.id.slice())

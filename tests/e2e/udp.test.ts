@@ -210,7 +210,7 @@ describe('chapar over udp://', () => {
     // The relay saw packets it could not open, and opened no session for them.
     relay.child.kill('SIGTERM')
     await relay.exited
-    const stopping = JSON.parse(relay.lines.find((l) => l.includes('"stopping"'))!)
+    const stopping = JSON.parse(relay.lines.find((l) => l.includes('"stopped"'))!)
     expect(stopping.udp.packets_in).toBeGreaterThan(0)
     expect(stopping.udp.packets_dropped).toBe(stopping.udp.packets_in)
     expect(stopping.udp.sessions_opened).toBe(0)

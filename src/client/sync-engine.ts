@@ -194,6 +194,12 @@ export class SyncSession {
   private readonly skip = new Set<string>()
   private needScan = true
   private uploadsIdle = false
+  /**
+   * The latest retryable refusal of an upload (quota, rate limit): those
+   * messages wait in the outbox, and once nothing else is left to upload the
+   * session ends with this, so the driver reconnects after the retry-after.
+   */
+  private refusal: { code: ErrorCode; message: string; until: number } | undefined
 
   private readonly downloads = new Map<string, Download>()
   private listSentAt: number | undefined
@@ -505,6 +511,11 @@ export class SyncSession {
     // Then the lower-priority uploads the loop above held back.
     if (top >= 0) for (const u of [...this.uploads.values()].sort((a, b) => b.rec.priority - a.rec.priority)) if (u.rec.priority < top) budget = this.sendChunks(u, budget)
     this.uploadsIdle = this.uploads.size === 0 && this.queue.length === 0 && !this.needScan
+    if (this.uploadsIdle && this.refusal) {
+      const r = this.refusal
+      this.fail(new ChaparError(r.code, `relay ${this.relay} refused: ${r.message}`, { retryAfterMs: Math.max(0, r.until - this.now()) }))
+      return
+    }
     this.checkComplete()
   }
 
@@ -560,9 +571,19 @@ export class SyncSession {
   }
 
   private async onError(f: Extract<Frame, { type: typeof FrameType.ERROR }>): Promise<void> {
-    // A refusal that may pass later (busy, rate limit, quota): end this
-    // session with the relay's retry-after; the message stays queued and the
-    // driver reconnects no sooner than that.
+    // A refusal of one upload that may pass later (quota, rate limit): it
+    // stays queued; the others go on, and then the session ends (pumpUploads).
+    if (RETRYABLE_CODES.has(f.code) && f.id && this.options.role === 'upload') {
+      const id = toHex(f.id)
+      if (!this.uploads.delete(id)) return
+      this.skip.add(id)
+      const until = this.now() + (f.retryAfterMs ?? RESEND_AFTER_MS)
+      if (!this.refusal || until > this.refusal.until) this.refusal = { code: f.code, message: f.message, until }
+      await this.pumpUploads()
+      return
+    }
+    // Otherwise a refusal that may pass later (busy) ends this session with
+    // the relay's retry-after: the driver reconnects no sooner than that.
     if (RETRYABLE_CODES.has(f.code) || !f.id) {
       throw new ChaparError(f.code, `relay ${this.relay} refused: ${f.message}`, f.retryAfterMs !== undefined ? { retryAfterMs: f.retryAfterMs } : {})
     }

@@ -45,9 +45,13 @@ export interface ChunkPut {
   data: Uint8Array
 }
 
-/** What a mailbox (or the whole store) holds: complete envelopes, and bytes of every envelope held or being received. */
+/** What a mailbox (or the whole store) holds. */
 export interface Usage {
+  /** Whole envelopes. */
   messages: number
+  /** Envelopes admitted and still arriving (chunks missing, or being verified and committed). */
+  arriving: number
+  /** Bytes of both. */
   bytes: number
 }
 
@@ -91,7 +95,7 @@ export class MailboxStore {
   private readonly singles = new Map<string, Promise<PutResult>>()
   /** Per mailbox, and in all: kept in memory from `loadUsage()` on, for quotas and metrics. */
   private readonly usage = new Map<string, Usage>()
-  readonly total: Usage = { messages: 0, bytes: 0 }
+  readonly total: Usage = { messages: 0, arriving: 0, bytes: 0 }
   /**
    * Ids being deleted (DONE or expiry), until their batch commits: a
    * concurrent DONE or sweep of the same id waits for it instead of deleting
@@ -146,7 +150,7 @@ export class MailboxStore {
 
   /** What `mailbox` (hex) holds now. */
   mailboxUsage(mailbox: string): Usage {
-    return this.usage.get(mailbox) ?? { messages: 0, bytes: 0 }
+    return this.usage.get(mailbox) ?? { messages: 0, arriving: 0, bytes: 0 }
   }
 
   /** Mailboxes holding anything. */
@@ -159,13 +163,15 @@ export class MailboxStore {
     return [...this.usage].map(([mailbox, u]) => ({ mailbox, ...u })).sort((a, b) => b.bytes - a.bytes || (a.mailbox < b.mailbox ? -1 : 1))
   }
 
-  private account(mailbox: string, messages: number, bytes: number): void {
-    const u = this.usage.get(mailbox) ?? { messages: 0, bytes: 0 }
+  private account(mailbox: string, messages: number, arriving: number, bytes: number): void {
+    const u = this.usage.get(mailbox) ?? { messages: 0, arriving: 0, bytes: 0 }
     u.messages += messages
+    u.arriving += arriving
     u.bytes += bytes
     this.total.messages += messages
+    this.total.arriving += arriving
     this.total.bytes += bytes
-    if (u.messages <= 0 && u.bytes <= 0) this.usage.delete(mailbox)
+    if (u.messages <= 0 && u.arriving <= 0 && u.bytes <= 0) this.usage.delete(mailbox)
     else this.usage.set(mailbox, u)
   }
 
@@ -191,7 +197,7 @@ export class MailboxStore {
         admit?.(mailbox, c.size, this.mailboxUsage(mailbox), this.total)
         p = { size: c.size, mailbox, expiresAt: c.expiresAt, have: new Set(), durable: new Set(), commits: new Map() }
         this.partials.set(id, p)
-        this.account(mailbox, 0, c.size)
+        this.account(mailbox, 0, 1, c.size)
       }
     }
     if (p.size !== c.size || p.mailbox !== mailbox || p.expiresAt !== c.expiresAt) {
@@ -253,10 +259,15 @@ export class MailboxStore {
     }
     const mailbox = toHex(c.mailbox)
     admit?.(mailbox, c.size, this.mailboxUsage(mailbox), this.total)
+    // Counted from now, so concurrent puts see it against their quotas.
+    this.account(mailbox, 0, 1, c.size)
     const mine = this.complete(id, c, now, new Map([[0, c.data]]))
     this.singles.set(id, mine)
     try {
       return await mine
+    } catch (err) {
+      this.account(mailbox, 0, -1, -c.size)
+      throw err
     } finally {
       if (this.singles.get(id) === mine) this.singles.delete(id)
     }
@@ -299,8 +310,9 @@ export class MailboxStore {
     ]
     for (const [i, data] of fresh) ops.push({ type: 'put', key: CHUNK + id + '!' + pad(i, 8), value: data.slice() })
     await this.commit.write(ops)
-    // A multi-chunk envelope's bytes were counted when its first chunk came.
-    this.account(mailbox, 1, this.partials.delete(id) ? 0 : c.size)
+    // Its bytes were counted when it was admitted (its first chunk).
+    this.partials.delete(id)
+    this.account(mailbox, 1, -1, 0)
     return { kind: 'stored', fresh: true }
   }
 
@@ -313,7 +325,7 @@ export class MailboxStore {
     ]
     for await (const k of scanKeys(this.db, CHUNK + id + '!')) ops.push({ type: 'del', key: k })
     await this.commit.write(ops)
-    if (p) this.account(p.mailbox, 0, -p.size)
+    if (p) this.account(p.mailbox, 0, -1, -p.size)
   }
 
   /** Complete envelopes waiting in `mailbox`, oldest first. */
@@ -378,7 +390,7 @@ export class MailboxStore {
         bytes += meta.size
       }
       await this.commit.write(ops)
-      if (n > 0) this.account(mailbox, -n, -bytes)
+      if (n > 0) this.account(mailbox, -n, 0, -bytes)
       await Promise.allSettled(others)
       return n
     } finally {
@@ -428,7 +440,7 @@ export class MailboxStore {
         tombstones++
       }
       await this.commit.write(ops)
-      for (const m of freed) this.account(m.meta.mailbox, m.meta.complete ? -1 : 0, -m.meta.size)
+      for (const m of freed) this.account(m.meta.mailbox, m.meta.complete ? -1 : 0, m.meta.complete ? 0 : -1, -m.meta.size)
     } finally {
       for (const id of claimed) this.deleting.delete(id)
       release()
@@ -444,10 +456,11 @@ export class MailboxStore {
   async loadUsage(): Promise<void> {
     this.usage.clear()
     this.total.messages = 0
+    this.total.arriving = 0
     this.total.bytes = 0
     for await (const [, v] of scan(this.db, META)) {
       const m = parseJson<StoredMeta>(v)
-      this.account(m.mailbox, m.complete ? 1 : 0, m.size)
+      this.account(m.mailbox, m.complete ? 1 : 0, m.complete ? 0 : 1, m.size)
     }
   }
 

@@ -5,7 +5,7 @@
  *
  *   GET  /metrics            Prometheus text format
  *   GET  /stats              counters and store totals, JSON
- *   GET  /mailboxes?limit=N  the largest mailboxes: id, messages, bytes
+ *   GET  /mailboxes?limit=N  the largest mailboxes: id, messages, arriving, bytes
  *   POST /purge-expired      delete expired envelopes and tombstones now
  */
 import http from 'node:http'
@@ -78,7 +78,7 @@ function gauge(registry: Registry, name: string, help: string, read: () => numbe
 export function relayMetrics(deps: AdminDeps): Registry {
   const { relay, commit, udp } = deps
   const registry = new Registry()
-  collectDefaultMetrics({ register: registry, prefix: METRIC_PREFIX + 'process_' })
+  collectDefaultMetrics({ register: registry, prefix: METRIC_PREFIX })
   const c = relay.counters
   gauge(registry, 'connections_open', 'Connections open now (WebSocket and datagram sessions)', () => c.open)
   mirrored(registry, 'connections_total', 'Connections accepted (WebSocket and datagram sessions)', () => c.connections)

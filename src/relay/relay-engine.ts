@@ -176,7 +176,7 @@ export class Relay {
     if (q.diskFull?.()) refuse('relay disk is past its high-water mark')
     if (q.totalBytes !== undefined && total.bytes + size > q.totalBytes) refuse('relay storage quota reached')
     if (q.mailboxBytes !== undefined && box.bytes + size > q.mailboxBytes) refuse(`mailbox quota reached (${q.mailboxBytes} bytes)`)
-    if (q.mailboxMessages !== undefined && box.messages + 1 > q.mailboxMessages) refuse(`mailbox quota reached (${q.mailboxMessages} messages)`)
+    if (q.mailboxMessages !== undefined && box.messages + box.arriving + 1 > q.mailboxMessages) refuse(`mailbox quota reached (${q.mailboxMessages} messages)`)
   }
 
   sweep(): ReturnType<MailboxStore['sweep']> {

@@ -1,0 +1,176 @@
+/**
+ * Rate limits and quotas in the relay engine: what is refused, with which
+ * code and retry-after, and that nothing already accepted is touched.
+ * Virtual time, so the token buckets refill exactly when the test says.
+ */
+import { describe, expect, it } from 'vitest'
+import { generateIdentity, type Identity } from '../../src/client/identity.js'
+import { authMessage } from '../../src/protocol/auth.js'
+import { Kind, seal } from '../../src/protocol/envelope.js'
+import { CHUNK_BYTES, chunkCount, decodeFrame, encodeFrame, type Frame, FrameType } from '../../src/protocol/frames.js'
+import { messageId } from '../../src/protocol/hash.js'
+import { sign } from '../../src/protocol/signature.js'
+import { QUOTA_RETRY_MS, type RelayOptions } from '../../src/relay/relay-engine.js'
+import { makeRelay } from '../helpers/pair.js'
+import { VirtualEnv } from '../helpers/virtual-env.js'
+
+type ErrorFrame = Extract<Frame, { type: typeof FrameType.ERROR }>
+
+async function setup(options: RelayOptions) {
+  const env = new VirtualEnv(1)
+  const relay = await makeRelay(env, undefined, options)
+  const connect = (peer?: string) => {
+    const got: Frame[] = []
+    const s = relay.connect({ send: (b) => got.push(decodeFrame(b)), close: () => {} }, { peer })
+    const hello = got[0] as Extract<Frame, { type: typeof FrameType.HELLO }>
+    const send = (f: Frame) => s.receive(encodeFrame(f))
+    const login = (who: Identity) =>
+      send({ type: FrameType.AUTH, signPublicKey: who.address.signPublicKey, signature: sign(authMessage(hello.challenge, 'ws://r'), who.signSecretKey), origin: 'ws://r' })
+    return { got, send, login, errors: () => got.filter((f) => f.type === FrameType.ERROR) as ErrorFrame[], stored: () => got.filter((f) => f.type === FrameType.STORED).flatMap((f) => (f as Extract<Frame, { type: typeof FrameType.STORED }>).ids) }
+  }
+  const envelope = (to: Identity, textBytes = 10) => {
+    const from = generateIdentity()
+    const env_ = seal({ from: { address: from.address, signSecretKey: from.signSecretKey }, to: to.address, content: { kind: Kind.report, text: 'x'.repeat(textBytes) }, createdAt: env.now, expiresAt: env.now + 3600_000 })
+    const id = messageId(env_)
+    const puts = Array.from({ length: chunkCount(env_.length) }, (_, i): Frame => ({ type: FrameType.PUT, id, mailbox: to.mailbox, expiresAt: env.now + 3600_000, size: env_.length, index: i, data: env_.subarray(i * CHUNK_BYTES, (i + 1) * CHUNK_BYTES) }))
+    return { id, size: env_.length, puts }
+  }
+  const settle = async () => {
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r))
+  }
+  return { env, relay, connect, envelope, settle }
+}
+
+describe('relay rate limits', () => {
+  it('a connection over its byte rate gets RATE_LIMITED with the id and a retry-after, and is served again after it', async () => {
+    const t = await setup({ limits: { perConnection: { rate: 10_000, burst: 20_000 } } })
+    const bob = generateIdentity()
+    const c = t.connect()
+    const a = t.envelope(bob, 12_000)
+    const b = t.envelope(bob, 12_000)
+    c.send(a.puts[0]!)
+    c.send(b.puts[0]!)
+    await t.settle()
+    expect(c.stored()).toEqual([a.id])
+    const [e] = c.errors()
+    expect(e).toMatchObject({ code: 'RATE_LIMITED', id: b.id })
+    // The bucket holds ~8 KB; b's frame needs ~12 KB more at 10 KB/s.
+    expect(e!.retryAfterMs).toBeGreaterThan(300)
+    expect(e!.retryAfterMs).toBeLessThan(1500)
+    expect(t.relay.refused.get('rate-limited')).toBe(1)
+    t.env.now += e!.retryAfterMs!
+    c.send(b.puts[0]!)
+    await t.settle()
+    expect(c.stored()).toEqual([a.id, b.id])
+  })
+
+  it('per sender: connections from one address share a bucket, another address has its own, and a login makes the key the sender', async () => {
+    const t = await setup({ limits: { perSender: { rate: 1000, burst: 5000 } } })
+    const bob = generateIdentity()
+    const one = t.connect('10.0.0.1')
+    const two = t.connect('10.0.0.1')
+    const other = t.connect('10.0.0.2')
+    const [a, b, c] = [t.envelope(bob, 3000), t.envelope(bob, 3000), t.envelope(bob, 3000)]
+    one.send(a.puts[0]!)
+    two.send(b.puts[0]!)
+    other.send(c.puts[0]!)
+    await t.settle()
+    expect(one.stored()).toEqual([a.id])
+    expect(two.errors().map((e) => e.code)).toEqual(['RATE_LIMITED'])
+    expect(other.stored()).toEqual([c.id])
+    // Logged in, the same address is a different sender (its key).
+    two.login(generateIdentity())
+    two.send(b.puts[0]!)
+    await t.settle()
+    expect(two.stored()).toEqual([b.id])
+  })
+
+  it('per mailbox: one recipient flooded from many senders is slowed, others are not', async () => {
+    const t = await setup({ limits: { perMailbox: { rate: 1000, burst: 4000 } } })
+    const bob = generateIdentity()
+    const carol = generateIdentity()
+    const sent = [t.envelope(bob, 3000), t.envelope(bob, 3000), t.envelope(carol, 3000)]
+    const conns = sent.map(() => t.connect())
+    sent.forEach((m, i) => conns[i]!.send(m.puts[0]!))
+    await t.settle()
+    expect(conns.map((c) => c.stored().length)).toEqual([1, 0, 1])
+    expect(conns[1]!.errors()[0]).toMatchObject({ code: 'RATE_LIMITED', id: sent[1]!.id })
+  })
+})
+
+describe('relay quotas', () => {
+  it('a full mailbox refuses new envelopes with QUOTA and a retry-after; re-sends of stored ones are still acked; a DONE makes room', async () => {
+    const t = await setup({ quotas: { mailboxMessages: 2 } })
+    const bob = generateIdentity()
+    const c = t.connect()
+    const [a, b, x] = [t.envelope(bob), t.envelope(bob), t.envelope(bob)]
+    c.send(a.puts[0]!)
+    c.send(b.puts[0]!)
+    await t.settle()
+    c.send(x.puts[0]!)
+    c.send(a.puts[0]!) // a duplicate: still "stored", the quota is not asked
+    await t.settle()
+    expect(c.stored()).toEqual([a.id, b.id, a.id])
+    expect(c.errors()).toEqual([expect.objectContaining({ code: 'QUOTA', id: x.id, retryAfterMs: QUOTA_RETRY_MS })])
+    expect(t.relay.store.stats()).toMatchObject({ messages: 2 })
+    // Another mailbox is not affected.
+    const carol = t.envelope(generateIdentity())
+    c.send(carol.puts[0]!)
+    const owner = t.connect()
+    owner.login(bob)
+    owner.send({ type: FrameType.DONE, ids: [a.id] })
+    await t.settle()
+    expect(c.stored()).toContainEqual(carol.id)
+    c.send(x.puts[0]!)
+    await t.settle()
+    expect(c.stored().at(-1)).toEqual(x.id)
+    expect(t.relay.refused.get('quota')).toBe(1)
+  })
+
+  it('a mailbox byte quota counts envelopes still arriving, and never strands one it admitted', async () => {
+    const t = await setup({ quotas: { mailboxBytes: 250_000 } })
+    const bob = generateIdentity()
+    const c = t.connect()
+    const big = t.envelope(bob, 200_000) // 4 chunks
+    const next = t.envelope(bob, 100_000)
+    c.send(big.puts[0]!)
+    await t.settle()
+    c.send(next.puts[0]!) // 200 KB arriving + 100 KB > 250 KB
+    for (const p of big.puts.slice(1)) c.send(p) // the rest of the admitted one still goes in
+    await t.settle()
+    expect(c.errors().map((e) => [e.code, e.id])).toEqual([['QUOTA', next.id]])
+    expect(c.stored()).toEqual([big.id])
+    expect(t.relay.store.mailboxUsage(Buffer.from(bob.mailbox).toString('hex'))).toEqual({ messages: 1, arriving: 0, bytes: big.size })
+  })
+
+  it('the total quota and the disk high-water mark refuse new envelopes for everyone', async () => {
+    let full = false
+    const t = await setup({ quotas: { totalBytes: 5000, diskFull: () => full } })
+    const c = t.connect()
+    const a = t.envelope(generateIdentity(), 3000)
+    const b = t.envelope(generateIdentity(), 3000)
+    const d = t.envelope(generateIdentity())
+    c.send(a.puts[0]!)
+    c.send(b.puts[0]!)
+    await t.settle()
+    expect(c.errors().map((e) => [e.code, e.message])).toEqual([['QUOTA', 'relay storage quota reached']])
+    full = true
+    c.send(d.puts[0]!)
+    await t.settle()
+    expect(c.errors().at(-1)).toMatchObject({ code: 'QUOTA', id: d.id, message: 'relay disk is past its high-water mark' })
+    c.send(a.puts[0]!) // what is stored is still acked
+    await t.settle()
+    expect(c.stored()).toEqual([a.id, a.id])
+  })
+})
+
+describe('ERROR frames', () => {
+  it('carry a retry-after when there is one, and decode without one', () => {
+    const id = new Uint8Array(32).fill(7)
+    const withWait = decodeFrame(encodeFrame({ type: FrameType.ERROR, code: 'RATE_LIMITED', id, message: 'slow down', retryAfterMs: 1234.2 }))
+    expect(withWait).toMatchObject({ code: 'RATE_LIMITED', message: 'slow down', retryAfterMs: 1235 })
+    const plain = decodeFrame(encodeFrame({ type: FrameType.ERROR, code: 'BAD_FRAME', id: undefined, message: 'no' }))
+    expect(plain).not.toHaveProperty('retryAfterMs')
+    expect(() => decodeFrame(new Uint8Array([...encodeFrame({ type: FrameType.ERROR, code: 'QUOTA', id, message: 'x' }), 0, 0]))).toThrow(/truncated/)
+  })
+})

@@ -80,7 +80,7 @@ async function chapar(): Promise<void> {
       inner(e)
     }
   }
-  await runSync(ctx, { relays: [target], untilEmpty: true, timeoutMs: 24 * 3_600_000, connect: (url, role) => connectRelay(url, { rateKbps, wsStreams: role === 'upload' ? wsStreams : 1 }), onRetry: (relay, err, delay, role) => trace?.('retry', role, Math.round(delay), (err as Error).message) })
+  await runSync(ctx, { relays: [target], untilEmpty: true, timeoutMs: 24 * 3_600_000, connect: (url, role, login) => connectRelay(url, { rateKbps, wsStreams: role === 'upload' ? wsStreams : 1, login }), onRetry: (relay, err, delay, role) => trace?.('retry', role, Math.round(delay), (err as Error).message) })
 }
 
 async function mqttQos1(): Promise<void> {

@@ -78,6 +78,7 @@ program
   .option('--admin-host <host>', 'address of the admin listener (default 127.0.0.1)')
   .option('--admin-port <port>', 'serve /metrics and the admin API on this port (default: off)')
   .option('--trust-proxy', 'take client addresses from X-Forwarded-For (behind a reverse proxy)')
+  .option('--access <mode>', 'open (anyone may upload; the default) or allowlist (only keys in access.allow or added with `chapar admin allow`)')
   .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent (default info)')
   .option('--verbose', 'log every stored and delivered envelope (ids and sizes)')
   .action(run(cmdRelay))
@@ -93,6 +94,22 @@ admin
   .action(run((o: { admin?: string; limit?: string }) => cmdAdmin('mailboxes', o)))
 admin.command('purge-expired').description('delete expired envelopes and tombstones now').option(...adminOpt).action(run((o: { admin?: string }) => cmdAdmin('purge-expired', o)))
 admin.command('metrics').description('the Prometheus metrics, as scraped').option(...adminOpt).action(run((o: { admin?: string }) => cmdAdmin('metrics', o)))
+admin.command('access').description('access mode, allowed and banned keys').option(...adminOpt).action(run((o: { admin?: string }) => cmdAdmin('access', o)))
+const keyActions = {
+  ban: 'ban a key: no login, no upload (kept across restarts)',
+  unban: 'lift a ban made with `chapar admin ban`',
+  allow: 'let a key upload to an allowlist relay (kept across restarts)',
+  disallow: 'take back `chapar admin allow`',
+} as const
+for (const [action, description] of Object.entries(keyActions) as Array<[keyof typeof keyActions, string]>) {
+  admin
+    .command(`${action} <key>`)
+    .description(`${description}; KEY is a chapar address or a 64-hex signing key`)
+    .option(...adminOpt)
+    .action(async (key: string, o: { admin?: string }) => {
+      process.exitCode = await cmdAdmin(action, { ...o, key })
+    })
+}
 
 program
   .command('sim')

@@ -140,7 +140,7 @@ export async function cmdSync(
     process.once('SIGTERM', onSignal)
     const report = await runSync(home.context(onEvent), {
       relays,
-      connect: (url, role) => connectRelay(url, { ...datagram, wsStreams: role === 'upload' ? wsStreams : 1 }),
+      connect: (url, role, login) => connectRelay(url, { ...datagram, wsStreams: role === 'upload' ? wsStreams : 1, login }),
       untilEmpty: Boolean(opts.untilEmpty),
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
       signal: ac.signal,

@@ -7,7 +7,10 @@
  * sessions are done or the overall timeout fires.
  */
 import pRetry from 'p-retry'
+import { authMessage, relayOrigin } from '../protocol/auth.js'
 import type { Timers } from '../protocol/env.js'
+import { encodeFrame, FrameType } from '../protocol/frames.js'
+import { sign } from '../protocol/signature.js'
 import { ChaparError, ErrorCode } from '../protocol/errors.js'
 import { fullJitterDelay } from './backoff.js'
 import { type ClientContext, type SessionResult, type SessionRole, SyncSession } from './sync-engine.js'
@@ -21,7 +24,7 @@ export interface SyncOptions {
   /** Called when an attempt fails and the driver will wait `delayMs` before the next. */
   onRetry?: (relay: string, error: Error, delayMs: number, role: SessionRole) => void
   /** Open a connection for one role (default: connectRelay, uploads striped over DEFAULT_WS_STREAMS WebSockets). */
-  connect?: (url: string, role: SessionRole) => Promise<WsConnection>
+  connect?: (url: string, role: SessionRole, login?: (challenge: Uint8Array) => Uint8Array) => Promise<WsConnection>
   random?: () => number
   signal?: AbortSignal
 }
@@ -105,7 +108,13 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
   const timer = options.timeoutMs !== undefined ? timers.setTimeout(() => controller.abort(timeoutError), options.timeoutMs) : undefined
   const onOuterAbort = (): void => controller.abort(options.signal?.reason)
   options.signal?.addEventListener('abort', onOuterAbort, { once: true })
-  const connect = options.connect ?? ((url: string, role: SessionRole) => connectRelay(url, { wsStreams: role === 'upload' ? DEFAULT_WS_STREAMS : 1 }))
+  const connect = options.connect ?? ((url: string, role: SessionRole, login?: (challenge: Uint8Array) => Uint8Array) => connectRelay(url, { wsStreams: role === 'upload' ? DEFAULT_WS_STREAMS : 1, login }))
+  /** For an allowlist relay's upload streams: this identity's AUTH for a stream's challenge. */
+  const loginFor = (relay: string) => {
+    const origin = relayOrigin(relay)
+    return (challenge: Uint8Array): Uint8Array =>
+      encodeFrame({ type: FrameType.AUTH, signPublicKey: ctx.me.address.signPublicKey, signature: sign(authMessage(challenge, origin), ctx.me.signSecretKey), origin })
+  }
   const random = options.random ?? Math.random
 
   /** One role's connection to one relay, retried until it ends cleanly. */
@@ -120,12 +129,12 @@ export async function runSync(ctx: ClientContext, options: SyncOptions): Promise
       await pRetry(
         async () => {
           outcome.attempts++
-          const conn = await abortable(connect(relay, role), signal)
+          const conn = await abortable(connect(relay, role, role === 'upload' ? loginFor(relay) : undefined), signal)
           if (signal.aborted) {
             conn.link.close('aborted')
             throw signal.reason
           }
-          const s = new SyncSession(ctx, relay, conn.link, { role, untilEmpty: options.untilEmpty, reliable: conn.reliable ?? false, transportTimeouts: conn.transportTimeouts ?? false })
+          const s = new SyncSession(ctx, relay, conn.link, { role, untilEmpty: options.untilEmpty, reliable: conn.reliable ?? false, transportTimeouts: conn.transportTimeouts ?? false, transportLogin: conn.transportLogin ?? false })
           session = s
           conn.onFrame((f) => s.receive(f))
           conn.onClose((reason) => s.closed(reason))

@@ -38,6 +38,7 @@ import {
   encodeFrame,
   type Frame,
   FrameType,
+  HELLO_UPLOAD_LOGIN,
   type IndexEntry,
   MAX_IDS_PER_FRAME,
   PROTOCOL_VERSION,
@@ -135,6 +136,8 @@ export interface SessionOptions {
    * connection): the engine then sets no HELLO or idle limit of its own.
    */
   transportTimeouts?: boolean
+  /** The transport logs uploads in where the relay asks (striped ws): the engine does not. */
+  transportLogin?: boolean
 }
 
 export interface SessionResult {
@@ -194,6 +197,8 @@ export class SyncSession {
   private readonly skip = new Set<string>()
   private needScan = true
   private uploadsIdle = false
+  /** This relay takes uploads only from logged-in keys (HELLO_UPLOAD_LOGIN), and this session logs in for them. */
+  private uploadLogin = false
   /**
    * The latest retryable refusal of an upload (quota, rate limit): those
    * messages wait in the outbox, and once nothing else is left to upload the
@@ -313,7 +318,7 @@ export class SyncSession {
     }
     const own = !this.options.transportTimeouts
     if (own && !this.helloSeen) at(this.startedAt + HELLO_TIMEOUT_MS)
-    const awaitingAuth = this.options.role === 'mailbox' && this.helloSeen && !this.authed
+    const awaitingAuth = (this.options.role === 'mailbox' || this.uploadLogin) && this.helloSeen && !this.authed
     const resend = !this.options.reliable
     if (resend && awaitingAuth && this.authSentAt !== undefined) at(this.authSentAt + RESEND_AFTER_MS)
     if (own && this.outstanding()) at(this.lastFrameAt + IDLE_TIMEOUT_MS)
@@ -417,7 +422,7 @@ export class SyncSession {
         if (!equal(f.mailbox, this.ctx.me.mailbox)) throw new ProtocolError(ErrorCode.BAD_FRAME, 'relay confirmed the wrong mailbox')
         if (this.authed) return // a repeated AUTH_OK
         this.authed = true
-        if (this.listSentAt === undefined && !this.drained) this.sendList()
+        if (this.options.role === 'mailbox' && this.listSentAt === undefined && !this.drained) this.sendList()
         this.checkComplete()
         return
       case FrameType.STORED:
@@ -441,6 +446,13 @@ export class SyncSession {
     this.helloSeen = true
     this.maxEnvelope = Math.min(MAX_ENVELOPE_BYTES, f.maxEnvelope)
     this.emit({ type: 'connected', relay: this.relay })
+    if (this.options.role === 'upload' && (f.flags ?? 0) & HELLO_UPLOAD_LOGIN && !this.options.transportLogin) {
+      // An allowlist relay: log in before the PUTs (it handles a
+      // connection's frames in order); PUTs it refused before are re-sent.
+      this.uploadLogin = true
+      this.challenge = f.challenge.slice()
+      this.sendAuth()
+    }
     if (this.options.role === 'mailbox') {
       this.challenge = f.challenge.slice()
       this.sendAuth()
@@ -571,6 +583,13 @@ export class SyncSession {
   }
 
   private async onError(f: Extract<Frame, { type: typeof FrameType.ERROR }>): Promise<void> {
+    // PUTs sent before this session's login reached an allowlist relay: send them again after it.
+    if (f.code === ErrorCode.FORBIDDEN && f.id && this.uploadLogin && !this.authed) {
+      if (!this.uploads.delete(toHex(f.id))) return
+      this.needScan = true
+      await this.pumpUploads()
+      return
+    }
     // A refusal of one upload that may pass later (quota, rate limit): it
     // stays queued; the others go on, and then the session ends (pumpUploads).
     if (RETRYABLE_CODES.has(f.code) && f.id && this.options.role === 'upload') {
@@ -870,7 +889,7 @@ export class SyncSession {
     if (own && !this.helloSeen && now - this.startedAt > HELLO_TIMEOUT_MS) {
       throw new ChaparError(ErrorCode.TIMEOUT, `no HELLO from ${this.relay} in ${HELLO_TIMEOUT_MS / 1000}s`)
     }
-    const awaitingAuth = this.options.role === 'mailbox' && this.helloSeen && !this.authed
+    const awaitingAuth = (this.options.role === 'mailbox' || this.uploadLogin) && this.helloSeen && !this.authed
     const outstanding = this.outstanding()
     if (!outstanding) this.quiet = true
     const resend = !this.options.reliable

@@ -16,6 +16,12 @@ export const MAX_WS_STREAMS = 16
 export interface RelayConnectOptions extends DatagramOptions {
   /** ws:// and wss:// only: WebSockets to stripe the connection over (uploads; 1 for a mailbox session). */
   wsStreams?: number
+  /**
+   * Upload connections to a relay that takes uploads only from logged-in
+   * keys (HELLO_UPLOAD_LOGIN): the AUTH frame for a stream's challenge. A
+   * striped connection logs each stream in itself; otherwise the engine does.
+   */
+  login?: ((challenge: Uint8Array) => Uint8Array) | undefined
 }
 
 /** Validate and normalise a relay URL; a one-line InputError otherwise. */
@@ -29,5 +35,5 @@ export function parseRelayUrl(s: string): string {
 }
 
 export function connectRelay(url: string, options: RelayConnectOptions = {}): Promise<WsConnection> {
-  return /^udp:/i.test(url) ? connectUdp(url, options) : connectWsStriped(url, options.wsStreams ?? 1)
+  return /^udp:/i.test(url) ? connectUdp(url, options) : connectWsStriped(url, options.wsStreams ?? 1, undefined, options.login)
 }

@@ -2,7 +2,7 @@
 import WebSocket from 'ws'
 import { ChaparError, ErrorCode, InputError } from '../protocol/errors.js'
 import { toHex } from '../protocol/bytes.js'
-import { CHUNK_BYTES, decodeFrame, FrameType, MAX_FRAME_BYTES } from '../protocol/frames.js'
+import { CHUNK_BYTES, decodeFrame, FrameType, HELLO_UPLOAD_LOGIN, MAX_FRAME_BYTES } from '../protocol/frames.js'
 import { inRanges, type Ranges } from '../protocol/ranges.js'
 import type { Link } from '../protocol/env.js'
 
@@ -37,6 +37,8 @@ export interface WsConnection {
   reliable?: boolean
   /** The transport closes the link when the peer is gone; the engine keeps no timeouts of its own (see SessionOptions). */
   transportTimeouts?: boolean
+  /** The transport logs in itself where the relay asks uploads to (each stream of a striped connection has its own challenge). */
+  transportLogin?: boolean
   onFrame(fn: (frame: Uint8Array) => void): void
   onClose(fn: (reason: string) => void): void
 }
@@ -161,6 +163,8 @@ interface QueuedPut {
 
 interface Stream {
   conn: WsConnection
+  /** Its HELLO came (and, where the relay asks for it, its AUTH went): it may carry PUTs. */
+  ready: boolean
   /** PUTs written to this stream and not yet answered, by envelope id, oldest first. */
   puts: Map<string, QueuedPut[]>
   bytes: number
@@ -208,7 +212,7 @@ function enqueue(queue: QueuedPut[], put: QueuedPut, ahead = false): void {
  * For uploads only: a mailbox session's AUTH and LIST must share one
  * connection, and the relay handles its frames in order.
  */
-export function connectWsStriped(url: string, streams: number, timeoutMs = CONNECT_TIMEOUT_MS): Promise<WsConnection> {
+export function connectWsStriped(url: string, streams: number, timeoutMs = CONNECT_TIMEOUT_MS, login?: (challenge: Uint8Array) => Uint8Array): Promise<WsConnection> {
   if (!(Number.isInteger(streams) && streams >= 1)) throw new RangeError(`streams must be a whole number ≥ 1, got ${streams}`)
   if (streams === 1) return connectWs(url, timeoutMs)
   return new Promise((resolve, reject) => {
@@ -238,7 +242,7 @@ export function connectWsStriped(url: string, streams: number, timeoutMs = CONNE
       for (const s of open) s.conn.link.close(reason)
       handoff.close(reason)
     }
-    const leastLoaded = (): Stream | undefined => open.reduce<Stream | undefined>((best, s) => (!best || s.bytes < best.bytes ? s : best), undefined)
+    const leastLoaded = (ready = false): Stream | undefined => open.reduce<Stream | undefined>((best, s) => ((!ready || s.ready) && (!best || s.bytes < best.bytes) ? s : best), undefined)
     const write = (s: Stream, put: QueuedPut): void => {
       const list = s.puts.get(put.id) ?? []
       list.push(put)
@@ -248,7 +252,7 @@ export function connectWsStriped(url: string, streams: number, timeoutMs = CONNE
     }
     const pump = (): void => {
       while (!closed && queue.length > 0) {
-        const s = leastLoaded()
+        const s = leastLoaded(true)
         if (!s || s.bytes >= STRIPE_BYTES) return
         const put = queue.shift()!
         if (!done(put)) write(s, { ...put, sentAt: Date.now(), hedged: false })
@@ -269,7 +273,7 @@ export function connectWsStriped(url: string, streams: number, timeoutMs = CONNE
         for (const list of s.puts.values())
           for (const put of list) {
             if (put.hedged || now - (put.sentAt ?? now) < HEDGE_AFTER_MS || done(put)) continue
-            const idle = open.find((t) => t !== s && t.bytes === 0)
+            const idle = open.find((t) => t !== s && t.ready && t.bytes === 0)
             if (!idle) return
             put.hedged = true
             write(idle, { ...put, sentAt: now, hedged: true })
@@ -308,6 +312,17 @@ export function connectWsStriped(url: string, streams: number, timeoutMs = CONNE
     }
     const onFrame = (s: Stream, bytes: Uint8Array): void => {
       const type = bytes[0]
+      if (type === FrameType.HELLO && !s.ready) {
+        // PUTs wait for a stream's HELLO: a relay that takes uploads only
+        // from logged-in keys says so there, and this stream logs in first.
+        try {
+          const f = decodeFrame(bytes)
+          if (f.type === FrameType.HELLO && login && (f.flags ?? 0) & HELLO_UPLOAD_LOGIN) s.conn.link.send(login(f.challenge))
+        } catch {
+          // The engine decodes it too, and closes on garbage.
+        }
+        s.ready = true
+      }
       if (type === FrameType.HAVE || type === FrameType.STORED || type === FrameType.ERROR) {
         try {
           const f = decodeFrame(bytes)
@@ -373,14 +388,14 @@ export function connectWsStriped(url: string, streams: number, timeoutMs = CONNE
             conn.link.close('not needed')
             return
           }
-          const s: Stream = { conn, puts: new Map(), bytes: 0, queries: new Map() }
+          const s: Stream = { conn, ready: false, puts: new Map(), bytes: 0, queries: new Map() }
           open.push(s)
           conn.onFrame((f) => onFrame(s, f))
           conn.onClose((reason) => onStreamClosed(s, reason))
           for (const f of pendingControl.splice(0)) sendControl(f)
           if (!settled) {
             settled = true
-            resolve({ reliable: true, link, onFrame: handoff.onFrame, onClose: handoff.onClose })
+            resolve({ reliable: true, ...(login ? { transportLogin: true } : {}), link, onFrame: handoff.onFrame, onClose: handoff.onClose })
           }
           pump()
         },

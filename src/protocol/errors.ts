@@ -21,6 +21,8 @@ export const ErrorCode = {
   RATE_LIMITED: 'RATE_LIMITED',
   /** A relay's storage quota (mailbox, total or disk): retry after the ERROR's retry-after. */
   QUOTA: 'QUOTA',
+  /** The relay does not take this key's uploads or logins (banned, or not on its allowlist). */
+  FORBIDDEN: 'FORBIDDEN',
 } as const
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
 
@@ -42,6 +44,7 @@ export const WIRE_ERROR_CODES: Record<ErrorCode, number> = {
   DISCONNECTED: 14,
   RATE_LIMITED: 15,
   QUOTA: 16,
+  FORBIDDEN: 17,
 }
 
 /** Refusals a sender keeps the message through and retries later (after the relay's retry-after, if it gave one). */
@@ -63,6 +66,8 @@ export function refusalReason(code: ErrorCode): string {
       return 'expired'
     case 'UNAUTHENTICATED':
       return 'unauthenticated'
+    case 'FORBIDDEN':
+      return 'forbidden'
     case 'RETRY_LATER':
       return 'busy'
     case 'INTERNAL':

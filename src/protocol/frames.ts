@@ -20,6 +20,9 @@ export const MAX_FRAME_BYTES = CHUNK_BYTES + 256
 export const MAX_IDS_PER_FRAME = 512
 export const MAX_RANGES_PER_FRAME = 1024
 
+/** HELLO flag: this relay takes uploads only from connections logged in (AUTH) with an allowed key. */
+export const HELLO_UPLOAD_LOGIN = 0x01
+
 export const FrameType = {
   HELLO: 0x01,
   AUTH: 0x02,
@@ -44,7 +47,7 @@ export interface IndexEntry {
 
 export type Frame =
   /** relay → client, first frame: the challenge to sign for mailbox access. */
-  | { type: typeof FrameType.HELLO; version: number; challenge: Uint8Array; maxEnvelope: number }
+  | { type: typeof FrameType.HELLO; version: number; challenge: Uint8Array; maxEnvelope: number; flags?: number | undefined }
   /** client → relay: proves ownership of the mailbox H(signPk), bound to the relay origin dialled (auth.ts). */
   | { type: typeof FrameType.AUTH; signPublicKey: Uint8Array; signature: Uint8Array; origin: string }
   | { type: typeof FrameType.AUTH_OK; mailbox: Uint8Array }
@@ -111,6 +114,7 @@ export function encodeFrame(f: Frame): Uint8Array {
   switch (f.type) {
     case FrameType.HELLO:
       w.u8(f.version).bytes(f.challenge).u32(f.maxEnvelope)
+      if (f.flags) w.u8(f.flags)
       break
     case FrameType.AUTH:
       w.bytes(f.signPublicKey).bytes(f.signature).str(f.origin)
@@ -190,6 +194,12 @@ export function decodeFrame(bytes: Uint8Array, maxEnvelope = Number.MAX_SAFE_INT
     switch (type) {
       case FrameType.HELLO:
         f = { type, version: r.u8(), challenge: r.bytes(32), maxEnvelope: r.u32() }
+        // An optional trailing flags byte: known bits only, and never 0 (absent is 0).
+        if (r.remaining > 0) {
+          const flags = r.u8()
+          if (flags === 0 || flags & ~HELLO_UPLOAD_LOGIN) throw new RangeError(`HELLO flags 0x${flags.toString(16)}`)
+          f.flags = flags
+        }
         break
       case FrameType.AUTH:
         f = { type, signPublicKey: r.bytes(32), signature: r.bytes(64), origin: r.str(MAX_ORIGIN_BYTES) }

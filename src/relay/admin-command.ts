@@ -1,5 +1,6 @@
 /** `chapar admin …`: a thin client of a running relay's admin listener. */
 import { ChaparError, ErrorCode, InputError } from '../protocol/errors.js'
+import { parseKey } from './access.js'
 
 export const DEFAULT_ADMIN_URL = 'http://127.0.0.1:7002'
 const REQUEST_TIMEOUT_MS = 10_000
@@ -9,9 +10,16 @@ const ROUTES = {
   mailboxes: { method: 'GET', path: '/mailboxes' },
   'purge-expired': { method: 'POST', path: '/purge-expired' },
   metrics: { method: 'GET', path: '/metrics' },
+  access: { method: 'GET', path: '/access' },
+  ban: { method: 'POST', path: '/access/ban' },
+  unban: { method: 'POST', path: '/access/unban' },
+  allow: { method: 'POST', path: '/access/allow' },
+  disallow: { method: 'POST', path: '/access/disallow' },
 } as const
 
-export async function cmdAdmin(what: keyof typeof ROUTES, opts: { admin?: string; limit?: string }): Promise<number> {
+export type AdminAction = keyof typeof ROUTES
+
+export async function cmdAdmin(what: AdminAction, opts: { admin?: string; limit?: string; key?: string }): Promise<number> {
   const base = opts.admin ?? process.env.CHAPAR_ADMIN_URL ?? DEFAULT_ADMIN_URL
   let url: URL
   try {
@@ -21,6 +29,7 @@ export async function cmdAdmin(what: keyof typeof ROUTES, opts: { admin?: string
   }
   if (url.protocol !== 'http:') throw new InputError(`--admin must be an http:// URL, got "${base}"`)
   if (opts.limit !== undefined) url.searchParams.set('limit', opts.limit)
+  if (opts.key !== undefined) url.searchParams.set('key', parseKey(opts.key))
   let res: Response
   try {
     res = await fetch(url, { method: ROUTES[what].method, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) })

@@ -7,10 +7,14 @@
  *   GET  /stats              counters and store totals, JSON
  *   GET  /mailboxes?limit=N  the largest mailboxes: id, messages, arriving, bytes
  *   POST /purge-expired      delete expired envelopes and tombstones now
+ *   GET  /access             access mode, allowed and banned keys
+ *   POST /access/ban?key=K   (and unban, allow, disallow): kept in the relay's LevelDB
  */
 import http from 'node:http'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { ChaparError } from '../protocol/errors.js'
 import type { GroupCommit } from '../queue/group-commit.js'
+import type { AccessList, AccessListName } from './access.js'
 import type { Logger } from './log.js'
 import type { Relay } from './relay-engine.js'
 import type { UdpRelayServer } from './udp-server.js'
@@ -21,6 +25,7 @@ export const MAX_MAILBOX_LISTING = 10_000
 
 export interface AdminDeps {
   relay: Relay
+  access?: AccessList | undefined
   commit: GroupCommit
   udp?: UdpRelayServer | undefined
   log?: Logger
@@ -61,7 +66,7 @@ function mirroredMap(registry: Registry, name: string, help: string, label: stri
   for (const k of known) counter.inc({ [label]: k }, 0)
 }
 
-const REFUSAL_REASONS = ['rate-limited', 'quota', 'too-large', 'expired', 'invalid', 'unauthenticated', 'busy', 'internal'] as const
+const REFUSAL_REASONS = ['rate-limited', 'quota', 'too-large', 'expired', 'invalid', 'unauthenticated', 'forbidden', 'busy', 'internal'] as const
 
 function gauge(registry: Registry, name: string, help: string, read: () => number): void {
   new Gauge({
@@ -178,8 +183,27 @@ export function listenAdmin(deps: AdminDeps, options: { host: string; port: numb
             deps.log?.info(r, 'purged expired on request')
             return json(res, 200, r)
           }
+          case 'GET /access':
+            return json(res, 200, deps.access?.view() ?? { mode: 'open', allow: { config: [], admin: [] }, deny: { config: [], admin: [] } })
+          case 'POST /access/ban':
+          case 'POST /access/unban':
+          case 'POST /access/allow':
+          case 'POST /access/disallow': {
+            if (!deps.access) return json(res, 404, { error: 'not-found', message: 'this relay has no access list' })
+            const verb = url.pathname.slice('/access/'.length)
+            const list: AccessListName = verb === 'ban' || verb === 'unban' ? 'deny' : 'allow'
+            const present = verb === 'ban' || verb === 'allow'
+            try {
+              const changed = await deps.access.set(list, url.searchParams.get('key') ?? '', present)
+              deps.log?.info({ action: verb, changed }, 'access list changed')
+              return json(res, 200, { changed, ...deps.access.view() })
+            } catch (err) {
+              if (err instanceof ChaparError) return json(res, 400, { error: 'bad-request', message: err.message })
+              throw err
+            }
+          }
           default:
-            return json(res, 404, { error: 'not-found', message: `no ${route}; try GET /metrics, GET /stats, GET /mailboxes, POST /purge-expired` })
+            return json(res, 404, { error: 'not-found', message: `no ${route}; try GET /metrics, GET /stats, GET /mailboxes, POST /purge-expired, GET /access, POST /access/ban?key=…` })
         }
       } catch (err) {
         deps.log?.error({ route, error: (err as Error).message }, 'admin request failed')

@@ -11,6 +11,7 @@ import { parseDuration } from '../protocol/duration.js'
 import { MAX_ENVELOPE_BYTES, RELAY_MAX_TTL_MS } from '../protocol/envelope.js'
 import { InputError } from '../protocol/errors.js'
 import { MAX_MTU, MIN_MTU } from '../protocol/datagram-session.js'
+import { parseKey } from './access.js'
 
 const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 }
 
@@ -46,6 +47,18 @@ const Duration = z.string().transform((v, ctx) => {
 })
 
 const Port = z.number().int().min(0).max(65535)
+
+const Key = z.string().refine(
+  (k) => {
+    try {
+      parseKey(k)
+      return true
+    } catch {
+      return false
+    }
+  },
+  { message: 'expected a chapar address (ch1.…) or a 64-hex-digit signing key' },
+)
 
 const PublicUrl = z.string().refine(
   (u) => {
@@ -88,6 +101,17 @@ export const RelayConfigSchema = z
         /** Pace of replies per client, kbit/s. */
         rate: z.number().min(1).max(10_000_000).default(512),
         mtu: z.number().int().min(MIN_MTU).max(MAX_MTU).default(1200),
+      })
+      .strict()
+      .prefault({}),
+    access: z
+      .object({
+        /** open: anyone may upload (uploads never log in). allowlist: only connections logged in with an `allow` key. */
+        mode: z.enum(['open', 'allowlist']).default('open'),
+        /** Chapar addresses (ch1.…) or 64-hex signing keys. */
+        allow: z.array(Key).default([]),
+        /** Banned keys: no login, no upload, in either mode. */
+        deny: z.array(Key).default([]),
       })
       .strict()
       .prefault({}),
@@ -187,6 +211,7 @@ export const SETTINGS: readonly Setting[] = [
   { path: 'udp.port', flag: 'udpPort', env: 'CHAPAR_RELAY_UDP_PORT', parse: asNullablePort },
   { path: 'udp.rate', flag: 'udpRate', env: 'CHAPAR_RELAY_UDP_RATE', parse: asNumber },
   { path: 'udp.mtu', flag: 'mtu', env: 'CHAPAR_RELAY_MTU', parse: asNumber },
+  { path: 'access.mode', flag: 'access', env: 'CHAPAR_RELAY_ACCESS', parse: asString },
   { path: 'trustProxy', flag: 'trustProxy', env: 'CHAPAR_RELAY_TRUST_PROXY', parse: asBool },
   { path: 'admin.host', flag: 'adminHost', env: 'CHAPAR_RELAY_ADMIN_HOST', parse: asString },
   { path: 'admin.port', flag: 'adminPort', env: 'CHAPAR_RELAY_ADMIN_PORT', parse: asNullablePort },

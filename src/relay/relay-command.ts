@@ -14,6 +14,7 @@ import { CHUNK_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION } from '../protocol/fram
 import { jsonValue, openDiskDb } from '../queue/db.js'
 import { GroupCommit } from '../queue/group-commit.js'
 import { MailboxStore } from '../queue/mailbox.js'
+import { AccessList } from './access.js'
 import { type AdminServer, listenAdmin } from './admin.js'
 import { loadRelayConfig, printableConfig, type RelayConfig } from './config.js'
 import { type Logger, relayLogger } from './log.js'
@@ -113,6 +114,8 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   const commit = new GroupCommit(db, true)
   const store = new MailboxStore(db, commit)
   await store.loadUsage()
+  const access = new AccessList(config.access.mode, config.access, db)
+  await access.load()
 
   let diskFull = false
   const checkDisk = async (): Promise<void> => {
@@ -137,6 +140,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     origins: authOrigins(config.host, config.port, config.publicUrls, config.udp.port ?? undefined),
     limits: { perSender: config.limits.perSender ?? undefined, perMailbox: config.limits.perMailbox ?? undefined, perConnection: config.limits.perConnection ?? undefined },
     quotas: { mailboxBytes: q.mailboxBytes ?? undefined, mailboxMessages: q.mailboxMessages ?? undefined, totalBytes: q.totalBytes ?? undefined, diskFull: () => diskFull },
+    access,
   })
   relay.onEvent = (e) => {
     if (e.type === 'error') {
@@ -169,7 +173,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     max_frame_bytes: MAX_FRAME_BYTES,
     chunk_bytes: CHUNK_BYTES,
     ttl_ms: { min: 1, max: relay.maxTtlMs },
-    access: 'open',
+    access: config.access.mode,
     limits: {
       per_sender: config.limits.perSender,
       per_mailbox: config.limits.perMailbox,
@@ -227,7 +231,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   let admin: AdminServer | undefined
   if (config.admin.port !== null) {
     try {
-      admin = await listenAdmin({ relay, commit, udp, log }, { host: config.admin.host, port: config.admin.port })
+      admin = await listenAdmin({ relay, commit, udp, log, access }, { host: config.admin.host, port: config.admin.port })
     } catch (err) {
       clearInterval(diskTimer)
       await udp?.close()

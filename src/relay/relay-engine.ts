@@ -9,12 +9,13 @@ import { toHex } from '../protocol/bytes.js'
 import type { Env, Link } from '../protocol/env.js'
 import { MAX_ENVELOPE_BYTES, RELAY_MAX_TTL_MS } from '../protocol/envelope.js'
 import { ChaparError, ErrorCode, refusalReason } from '../protocol/errors.js'
-import { decodeFrame, encodeFrame, type Frame, FrameType, MAX_IDS_PER_FRAME, PROTOCOL_VERSION } from '../protocol/frames.js'
+import { decodeFrame, encodeFrame, type Frame, FrameType, HELLO_UPLOAD_LOGIN, MAX_IDS_PER_FRAME, PROTOCOL_VERSION } from '../protocol/frames.js'
 import { mailboxId } from '../protocol/hash.js'
 import { indicesOf } from '../protocol/ranges.js'
 import { verify } from '../protocol/signature.js'
 import { authMessage } from '../protocol/auth.js'
 import type { Admit, MailboxStore } from '../queue/mailbox.js'
+import type { AccessList } from './access.js'
 import { type BucketSpec, TokenBuckets } from './limits.js'
 
 /** Chunks one GET may ask for; the client's window is smaller. */
@@ -69,6 +70,8 @@ export interface RelayOptions {
   origins?: readonly string[]
   limits?: RelayLimits
   quotas?: RelayQuotas
+  /** Open (the default, when absent) or allowlist, and banned keys. */
+  access?: AccessList
 }
 
 /** What a transport knows of a connection. */
@@ -121,6 +124,7 @@ export class Relay {
   readonly refused = new Map<string, number>()
   readonly limits: RelayLimits
   readonly quotas: RelayQuotas
+  readonly access: AccessList | undefined
   private readonly senderBuckets: TokenBuckets | undefined
   private readonly mailboxBuckets: TokenBuckets | undefined
   private nextConn = 0
@@ -138,6 +142,7 @@ export class Relay {
     this.origins = options.origins ? new Set(options.origins) : undefined
     this.limits = options.limits ?? {}
     this.quotas = options.quotas ?? {}
+    this.access = options.access
     this.senderBuckets = this.limits.perSender ? new TokenBuckets(this.limits.perSender) : undefined
     this.mailboxBuckets = this.limits.perMailbox ? new TokenBuckets(this.limits.perMailbox) : undefined
   }
@@ -195,6 +200,8 @@ export class RelaySession {
   private queuedMailboxOps = 0
   /** Rate-limit key: the logged-in signing key, else the network address, else this connection. */
   private sender: string
+  /** The signing key this connection logged in with, hex. */
+  private key: string | undefined
   private readonly connBucket: TokenBuckets | undefined
 
   constructor(
@@ -207,7 +214,8 @@ export class RelaySession {
     this.sender = info.peer !== undefined ? 'addr:' + info.peer : 'conn:' + conn
     this.connBucket = relay.limits.perConnection ? new TokenBuckets(relay.limits.perConnection, 1) : undefined
     this.challenge = relay.env.randomBytes(32)
-    this.send({ type: FrameType.HELLO, version: PROTOCOL_VERSION, challenge: this.challenge, maxEnvelope: relay.maxEnvelope })
+    const flags = relay.access?.mode === 'allowlist' ? HELLO_UPLOAD_LOGIN : 0
+    this.send({ type: FrameType.HELLO, version: PROTOCOL_VERSION, challenge: this.challenge, maxEnvelope: relay.maxEnvelope, flags })
   }
 
   private send(f: Frame): void {
@@ -269,6 +277,11 @@ export class RelaySession {
         if (this.inFlightOps >= MAX_IN_FLIGHT_OPS || this.inFlightBytes + bytes > MAX_IN_FLIGHT_BYTES) {
           // An honest client's window is far below this; it backs off and resends.
           this.error(ErrorCode.RETRY_LATER, 'too much in flight on this connection', f.type === FrameType.PUT ? f.id.slice() : undefined, BUSY_RETRY_MS)
+          return
+        }
+        if (f.type === FrameType.PUT && r.access && !r.access.mayUpload(this.key)) {
+          const why = this.key === undefined ? 'this relay takes uploads only from allowlisted keys: log in (AUTH) first' : 'this key may not upload here'
+          this.error(ErrorCode.FORBIDDEN, why, f.id.slice())
           return
         }
         if (f.type === FrameType.PUT) {
@@ -339,8 +352,14 @@ export class RelaySession {
       this.error(ErrorCode.UNAUTHENTICATED, 'AUTH signature does not verify against the challenge')
       return
     }
+    const key = toHex(pk)
+    if (this.relay.access?.isBanned(key)) {
+      this.abort(ErrorCode.FORBIDDEN, 'this key is banned from this relay')
+      return
+    }
+    this.key = key
     this.mailbox = mailboxId(pk)
-    this.sender = 'key:' + toHex(pk)
+    this.sender = 'key:' + key
     this.send({ type: FrameType.AUTH_OK, mailbox: this.mailbox })
   }
 

@@ -1,5 +1,5 @@
 /**
- * Rate limits and quotas in the relay engine: what is refused, with which
+ * Rate limits, quotas and access control in the relay engine: what is refused, with which
  * code and retry-after, and that nothing already accepted is touched.
  * Virtual time, so the token buckets refill exactly when the test says.
  */
@@ -7,9 +7,11 @@ import { describe, expect, it } from 'vitest'
 import { generateIdentity, type Identity } from '../../src/client/identity.js'
 import { authMessage } from '../../src/protocol/auth.js'
 import { Kind, seal } from '../../src/protocol/envelope.js'
-import { CHUNK_BYTES, chunkCount, decodeFrame, encodeFrame, type Frame, FrameType } from '../../src/protocol/frames.js'
+import { formatAddress } from '../../src/protocol/address.js'
+import { CHUNK_BYTES, chunkCount, decodeFrame, encodeFrame, type Frame, FrameType, HELLO_UPLOAD_LOGIN } from '../../src/protocol/frames.js'
 import { messageId } from '../../src/protocol/hash.js'
 import { sign } from '../../src/protocol/signature.js'
+import { AccessList } from '../../src/relay/access.js'
 import { QUOTA_RETRY_MS, type RelayOptions } from '../../src/relay/relay-engine.js'
 import { makeRelay } from '../helpers/pair.js'
 import { VirtualEnv } from '../helpers/virtual-env.js'
@@ -172,5 +174,55 @@ describe('ERROR frames', () => {
     const plain = decodeFrame(encodeFrame({ type: FrameType.ERROR, code: 'BAD_FRAME', id: undefined, message: 'no' }))
     expect(plain).not.toHaveProperty('retryAfterMs')
     expect(() => decodeFrame(new Uint8Array([...encodeFrame({ type: FrameType.ERROR, code: 'QUOTA', id, message: 'x' }), 0, 0]))).toThrow(/truncated/)
+  })
+})
+
+describe('relay access', () => {
+  it('open mode: HELLO asks for no login, anyone uploads; a banned key can neither log in nor upload', async () => {
+    const banned = generateIdentity()
+    const t = await setup({ access: new AccessList('open', { allow: [], deny: [formatAddress(banned.address)] }) })
+    const c = t.connect()
+    expect(c.got[0]).not.toHaveProperty('flags')
+    const m = t.envelope(generateIdentity())
+    c.send(m.puts[0]!)
+    await t.settle()
+    expect(c.stored()).toEqual([m.id])
+    const b = t.connect()
+    b.login(banned)
+    b.send(t.envelope(generateIdentity()).puts[0]!)
+    await t.settle()
+    expect(b.errors().map((e) => [e.code, e.message])).toEqual([['FORBIDDEN', 'this key is banned from this relay']])
+    expect(b.stored()).toEqual([])
+    expect(t.relay.refused.get('forbidden')).toBe(1)
+  })
+
+  it('allowlist mode: HELLO says so; PUTs need a login with an allowed key; keys added through the admin API count too', async () => {
+    const member = generateIdentity()
+    const later = generateIdentity()
+    const access = new AccessList('allowlist', { allow: [Buffer.from(member.address.signPublicKey).toString('hex')], deny: [] })
+    const t = await setup({ access })
+    const c = t.connect()
+    expect((c.got[0] as Extract<Frame, { type: typeof FrameType.HELLO }>).flags).toBe(HELLO_UPLOAD_LOGIN)
+    const m = t.envelope(generateIdentity())
+    c.send(m.puts[0]!) // before the login
+    c.login(member)
+    c.send(m.puts[0]!)
+    await t.settle()
+    expect(c.errors().map((e) => [e.code, e.id])).toEqual([['FORBIDDEN', m.id]])
+    expect(c.stored()).toEqual([m.id])
+
+    const stranger = t.connect()
+    stranger.login(later) // logging in is fine: it may fetch its own mailbox
+    stranger.send(m.puts[0]!)
+    await t.settle()
+    expect(stranger.got.some((f) => f.type === FrameType.AUTH_OK)).toBe(true)
+    expect(stranger.errors().map((e) => [e.code, e.message])).toEqual([['FORBIDDEN', 'this key may not upload here']])
+    expect(await access.set('allow', formatAddress(later.address), true)).toBe(true)
+    stranger.send(m.puts[0]!)
+    await t.settle()
+    expect(stranger.stored()).toEqual([m.id])
+    await expect(access.set('allow', Buffer.from(member.address.signPublicKey).toString('hex'), false)).rejects.toThrow(/config file's allow list/)
+    await expect(access.set('deny', 'ch1.nonsense', true)).rejects.toThrow(/malformed address/)
+    await expect(access.set('deny', 'bob', true)).rejects.toThrow(/not a chapar address \(ch1.…\) or a 64-hex-digit signing key/)
   })
 })

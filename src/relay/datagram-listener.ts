@@ -62,6 +62,8 @@ export interface DatagramListenerOptions<A> {
   mtu?: number
   rateKbps?: number
   maxSessions?: number
+  /** The network address of a peer, for per-sender rate limits (the relay engine's ConnectionInfo.peer). */
+  peerOf?: (addr: A) => string
 }
 
 export class DatagramListener<A> {
@@ -200,7 +202,7 @@ export class DatagramListener<A> {
     const now = this.o.env.clock.now()
     entry = { keys, session, relaySession: undefined as unknown as RelaySession, addr, openedAt: now, lastHeardAt: now, maxPn: pn }
     this.sessions.set(id, entry)
-    entry.relaySession = this.relay.connect({ send: (f) => session.send(f), close: (reason) => session.close(reason) })
+    entry.relaySession = this.relay.connect({ send: (f) => session.send(f), close: (reason) => session.close(reason) }, { peer: this.o.peerOf?.(addr) })
     return entry
   }
 

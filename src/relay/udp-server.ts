@@ -25,6 +25,7 @@ export function listenUdp(relay: Relay, options: { host: string; port: number; s
       ...(options.mtu !== undefined ? { mtu: options.mtu } : {}),
       ...(options.rateKbps !== undefined ? { rateKbps: options.rateKbps } : {}),
       send: (to, packet) => socket.send(packet, to.port, to.address, () => {}),
+      peerOf: (a) => a.address,
     })
     socket.on('message', (msg, rinfo) => {
       if (msg.length > MAX_PACKET_BYTES) return

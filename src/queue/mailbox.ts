@@ -102,6 +102,8 @@ export class MailboxStore {
    * (and uncounting) it a second time.
    */
   private readonly deleting = new Map<string, Promise<void>>()
+  /** The last PUT of each id in progress: the next one waits for it (see put). */
+  private readonly perId = new Map<string, Promise<void>>()
 
   constructor(
     readonly db: Db,
@@ -175,8 +177,30 @@ export class MailboxStore {
     else this.usage.set(mailbox, u)
   }
 
-  /** Store one chunk; resolves only once it (and, on completion, the whole envelope) is fsynced. */
-  async put(c: ChunkPut, now: number, admit?: Admit): Promise<PutResult> {
+  /**
+   * Store one chunk; resolves only once it (and, on completion, the whole
+   * envelope) is fsynced. PUTs of one id run one after another: each reads
+   * what the store holds of the id and then writes its record, and two
+   * interleaved (a forged chunk claiming another size beside an honest
+   * one-chunk envelope, say) could leave an acked envelope's record
+   * overwritten by a partial one (found by tests/relay/fuzz.test.ts).
+   * Different ids still share every group commit.
+   */
+  put(c: ChunkPut, now: number, admit?: Admit): Promise<PutResult> {
+    const id = toHex(c.id)
+    const run = (this.perId.get(id) ?? Promise.resolve()).then(() => this.putNow(c, now, admit))
+    const tail = run.then(
+      () => {},
+      () => {},
+    )
+    this.perId.set(id, tail)
+    void tail.then(() => {
+      if (this.perId.get(id) === tail) this.perId.delete(id)
+    })
+    return run
+  }
+
+  private async putNow(c: ChunkPut, now: number, admit?: Admit): Promise<PutResult> {
     if (c.expiresAt <= now) throw new ChaparError(ErrorCode.EXPIRED, 'envelope has expired')
     const id = toHex(c.id)
     const mailbox = toHex(c.mailbox)

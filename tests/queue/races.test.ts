@@ -104,3 +104,19 @@ describe('outbox updates from concurrent sessions', () => {
     expect(await o.markAccepted(['x', 'x'], 'A', 2)).toHaveLength(1)
   })
 })
+
+describe('PUTs of one id that disagree, at the same time', () => {
+  it('a forged chunk claiming another size cannot overwrite an honest one-chunk envelope it raced (found by the relay fuzz test)', async () => {
+    const db = await openMemoryDb()
+    const s = new MailboxStore(db, new GroupCommit(db))
+    const { e, id } = env(0)
+    const forged = { id, mailbox: b.mailbox, expiresAt: T0 + 3600_000, size: 2 * CHUNK_BYTES + 10, index: 2, data: new Uint8Array(10) }
+    const [honest, other] = await Promise.allSettled([s.put(put(e, id, 0), T0), s.put(forged, T0)])
+    expect(honest).toEqual({ status: 'fulfilled', value: { kind: 'stored', fresh: true } })
+    expect(other.status === 'rejected' || other.value.kind === 'stored').toBe(true) // never a HAVE of the forged size
+    expect(await s.holding(id)).toEqual({ kind: 'stored' })
+    const back = await s.chunk(id, b.mailbox, 0)
+    expect(toHex(back!.data)).toBe(toHex(e))
+    expect((await s.list(b.mailbox, 10, T0)).entries.map((x) => toHex(x.id))).toEqual([toHex(id)])
+  })
+})

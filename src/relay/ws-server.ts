@@ -7,6 +7,7 @@ import http from 'node:http'
 import { WebSocketServer, type WebSocket } from 'ws'
 import { MAX_FRAME_BYTES } from '../protocol/frames.js'
 import type { Logger } from './log.js'
+import type { BucketSpec } from './limits.js'
 import type { Relay } from './relay-engine.js'
 
 export const HEARTBEAT_MS = 30_000
@@ -62,6 +63,41 @@ function peerOf(req: http.IncomingMessage, trustProxy: boolean): string | undefi
   return req.socket.remoteAddress
 }
 
+/**
+ * The per-connection limit applied to reading, not only to frames: bytes
+ * read are drawn from a bucket that may go into debt, and a connection in
+ * debt is not read from until the debt is paid (`onResume` then). The
+ * engine's RATE_LIMITED refusals tell an honest client to slow down; not
+ * reading is what stops a hostile one spending the relay's CPU on frames
+ * that are only refused. Without it one connection pumping small PUTs kept
+ * a core busy decoding, refusing and logging ~30,000 frames a second, and
+ * new connections (the legitimate ones too) waited in an overflowing accept
+ * queue (tests/e2e/hostile.test.ts). A debt is at most one read (64 KiB).
+ */
+function readShaper(ws: WebSocket, spec: BucketSpec | undefined, onResume: () => void): { read(bytes: number): void; stop(): void } | undefined {
+  if (!spec) return undefined
+  let credit = spec.burst
+  let at = Date.now()
+  let timer: NodeJS.Timeout | undefined
+  return {
+    read(bytes) {
+      const now = Date.now()
+      credit = Math.min(spec.burst, credit + ((now - at) / 1000) * spec.rate) - bytes
+      at = now
+      if (credit >= 0 || timer) return
+      ws.pause()
+      timer = setTimeout(() => {
+        timer = undefined
+        onResume()
+        ws.resume()
+      }, Math.ceil((-credit / spec.rate) * 1000))
+    },
+    stop() {
+      clearTimeout(timer)
+    },
+  }
+}
+
 export function listenWs(relay: Relay, options: WsServerOptions): Promise<RelayServer> {
   const heartbeatMs = options.heartbeatMs ?? HEARTBEAT_MS
   const idleMs = options.idleMs ?? DEAD_AFTER_MS
@@ -100,7 +136,11 @@ export function listenWs(relay: Relay, options: WsServerOptions): Promise<RelayS
     wss.on('connection', (ws, req) => {
       const openedAt = Date.now()
       heardAt.set(ws, openedAt)
-      req.socket.on('data', () => heardAt.set(ws, Date.now()))
+      const shape = readShaper(ws, relay.limits.perConnection, () => heardAt.set(ws, Date.now()))
+      req.socket.on('data', (chunk: Buffer) => {
+        heardAt.set(ws, Date.now())
+        shape?.read(chunk.length)
+      })
       const session = relay.connect(
         {
           send: (frame) => {
@@ -127,6 +167,7 @@ export function listenWs(relay: Relay, options: WsServerOptions): Promise<RelayS
         session.receive(new Uint8Array(data.buffer, data.byteOffset, data.byteLength))
       })
       ws.on('close', (code) => {
+        shape?.stop()
         session.close()
         log?.info({ conn: session.conn, transport: 'ws', code, seconds: Math.round((Date.now() - openedAt) / 100) / 10, bytes_in: bytesIn }, 'connection closed')
       })

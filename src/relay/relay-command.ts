@@ -51,6 +51,57 @@ export function authOrigins(host: string, port: number, publicUrls: readonly str
 
 /** How often the data directory's filesystem is checked against the disk high-water mark. */
 export const DISK_CHECK_MS = 5_000
+/**
+ * Refusal lines logged per second at most: a flood is refused tens of
+ * thousands of times a second, and one synchronous line each would turn it
+ * into a disk-filling attack (tests/e2e/hostile.test.ts wrote 28 MB a run).
+ */
+export const REFUSAL_LOG_LINES_PER_SECOND = 20
+
+/**
+ * At most `perSecond` events logged per second; the rest are counted by
+ * reason and reported in one line when the next second's budget opens.
+ */
+export class LogBudget {
+  private windowStart = 0
+  private used = 0
+  private suppressed: Record<string, number> = {}
+  private reportTimer: NodeJS.Timeout | undefined
+
+  constructor(
+    private readonly perSecond: number,
+    private readonly report: (suppressed: Record<string, number>) => void,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  take(reason: string): boolean {
+    const t = this.now()
+    if (t - this.windowStart >= 1000) {
+      this.flush()
+      this.windowStart = t
+      this.used = 0
+    }
+    if (this.used < this.perSecond) {
+      this.used++
+      return true
+    }
+    this.suppressed[reason] = (this.suppressed[reason] ?? 0) + 1
+    // Report even if nothing else is refused after this burst.
+    this.reportTimer ??= setTimeout(() => {
+      this.reportTimer = undefined
+      this.flush()
+    }, 1000).unref()
+    return false
+  }
+
+  private flush(): void {
+    if (Object.keys(this.suppressed).length === 0) return
+    const s = this.suppressed
+    this.suppressed = {}
+    this.report(s)
+  }
+}
+
 /** /healthz proves the store writable with a real fsynced write, at most this often (it is public). */
 export const HEALTH_PROBE_MS = 1_000
 const HEALTH_KEY = 'h!probe'
@@ -142,9 +193,10 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     quotas: { mailboxBytes: q.mailboxBytes ?? undefined, mailboxMessages: q.mailboxMessages ?? undefined, totalBytes: q.totalBytes ?? undefined, diskFull: () => diskFull },
     access,
   })
+  const refusals = new LogBudget(REFUSAL_LOG_LINES_PER_SECOND, (suppressed) => log.info({ suppressed }, 'refusals not logged (over the log budget; all are counted in metrics)'))
   relay.onEvent = (e) => {
     if (e.type === 'error') {
-      log.info({ conn: e.conn, code: e.code, reason: e.reason, ...(e.retryAfterMs !== undefined ? { retry_after_ms: e.retryAfterMs } : {}), message: e.message }, 'refused')
+      if (refusals.take(e.reason)) log.info({ conn: e.conn, code: e.code, reason: e.reason, ...(e.retryAfterMs !== undefined ? { retry_after_ms: e.retryAfterMs } : {}), message: e.message }, 'refused')
     } else if (config.log.envelopes && e.type === 'stored') log.info({ id: e.id, size: e.size }, 'stored')
     else if (config.log.envelopes && e.type === 'deleted') log.info({ count: e.count }, 'delivered')
   }

@@ -3,7 +3,7 @@
  * (child process, LevelDB on disk, fsync on) acks as STORED, measured side by
  * side with the raw Ed25519 verify rate of the same machine.
  *
- *   npm run bench:relay -- [--messages N] [--rounds R] [--connections C] [--window W]
+ *   npm run bench:relay-ingest -- [--messages N] [--rounds R] [--connections C] [--window W]
  *                          [--mailboxes M] [--envelope-bytes B] [--json FILE] [--prof DIR]
  *
  * Phases: (1) node:crypto verify/s and (2) tweetnacl verify/s over a fixed set
@@ -353,7 +353,7 @@ interface StopInfo {
   [k: string]: unknown
 }
 
-/** SIGTERM, wait for its `stopping` line and exit; SIGKILL if it hangs. */
+/** SIGTERM, wait for its `stopped` line (the relay's counters) and exit; SIGKILL if it hangs. */
 async function stopRelay(r: RelayChild): Promise<StopInfo | undefined> {
   if (r.child.exitCode === null && r.child.signalCode === null) r.child.kill('SIGTERM')
   const timeout = new Promise<'timeout'>((res) => setTimeout(() => res('timeout'), RELAY_STOP_TIMEOUT_MS).unref())
@@ -361,7 +361,7 @@ async function stopRelay(r: RelayChild): Promise<StopInfo | undefined> {
     r.child.kill('SIGKILL')
     await r.exited
   }
-  const line = r.lines.find((l) => l.includes('"stopping"'))
+  const line = r.lines.find((l) => l.includes('"msg":"stopped"'))
   return line ? (JSON.parse(line) as StopInfo) : undefined
 }
 
@@ -568,7 +568,7 @@ async function runRound(
     const cpu1 = await sampleCpu(relay.child.pid)
     const self1 = process.cpuUsage(self0)
     const stop = await stopRelay(relay)
-    if (!stop) throw new Error(`relay printed no "stopping" line:\n${relay.lines.join('\n')}`)
+    if (!stop) throw new Error(`relay printed no "stopped" line:\n${relay.lines.join('\n')}`)
     if (stop.envelopes_stored !== frames.length || stop.errors !== 0 || stop.duplicates !== 0) {
       throw new Error(`relay stored ${stop.envelopes_stored}/${frames.length} envelopes (${stop.duplicates} duplicates, ${stop.errors} errors)`)
     }

@@ -11,6 +11,7 @@ import { parseDuration } from '../protocol/duration.js'
 import { MAX_ENVELOPE_BYTES, RELAY_MAX_TTL_MS } from '../protocol/envelope.js'
 import { InputError } from '../protocol/errors.js'
 import { MAX_MTU, MIN_MTU } from '../protocol/datagram-session.js'
+import { RELAY_MAX_OPEN_FILES } from '../queue/db.js'
 import { parseKey } from './access.js'
 
 const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 }
@@ -94,6 +95,13 @@ export const RelayConfigSchema = z
     publicUrls: z.array(PublicUrl).default([]),
     maxEnvelope: Size.pipe(z.number().min(1024).max(MAX_ENVELOPE_BYTES)).default(MAX_ENVELOPE_BYTES),
     maxTtl: Duration.pipe(z.number().max(10 * 365 * 86_400_000)).prefault(`${RELAY_MAX_TTL_MS / 86_400_000}d`),
+    store: z
+      .object({
+        /** LevelDB table files kept open (and memory-mapped): bounds the store's share of RSS at about 2 MiB each. */
+        maxOpenFiles: z.number().int().min(20).max(10_000).default(RELAY_MAX_OPEN_FILES),
+      })
+      .strict()
+      .prefault({}),
     udp: z
       .object({
         /** Serve the datagram transport on this UDP port; null: off. */

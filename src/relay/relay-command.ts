@@ -156,7 +156,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   const dataDir = path.resolve(config.data)
   let db
   try {
-    db = await openDiskDb(dataDir)
+    db = await openDiskDb(dataDir, { maxOpenFiles: config.store.maxOpenFiles })
   } catch (err) {
     const cause = (err as { cause?: { code?: string } }).cause
     if (cause?.code === 'LEVEL_LOCKED') throw new InputError(`${dataDir} is in use by another relay`)

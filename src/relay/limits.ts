@@ -36,6 +36,13 @@ export class TokenBuckets {
    * big envelope is slowed, never refused for ever.
    */
   take(key: string, n: number, now: number): number {
+    const wait = this.wait(key, n, now)
+    if (wait === 0) this.buckets.get(key)!.tokens -= Math.min(n, this.spec.burst)
+    return wait
+  }
+
+  /** The ms until `n` units would be in `key`'s bucket (0: now); takes nothing. */
+  wait(key: string, n: number, now: number): number {
     const { rate, burst } = this.spec
     let b = this.buckets.get(key)
     if (!b) {
@@ -46,11 +53,7 @@ export class TokenBuckets {
     b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * rate)
     b.at = now
     const need = Math.min(n, burst)
-    if (b.tokens >= need) {
-      b.tokens -= need
-      return 0
-    }
-    return Math.ceil(((need - b.tokens) / rate) * 1000)
+    return b.tokens >= need ? 0 : Math.ceil(((need - b.tokens) / rate) * 1000)
   }
 
   get size(): number {

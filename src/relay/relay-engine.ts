@@ -166,10 +166,11 @@ export class Relay {
    * before either is drawn, so a refusal costs the sender nothing.
    */
   rateCheck(sender: string, mailbox: string, bytes: number, now: number): number {
-    const s = this.senderBuckets?.take(sender, bytes, now) ?? 0
-    if (s > 0) return s
-    const m = this.mailboxBuckets?.take(mailbox, bytes, now) ?? 0
-    return m
+    const wait = Math.max(this.senderBuckets?.wait(sender, bytes, now) ?? 0, this.mailboxBuckets?.wait(mailbox, bytes, now) ?? 0)
+    if (wait > 0) return wait
+    this.senderBuckets?.take(sender, bytes, now)
+    this.mailboxBuckets?.take(mailbox, bytes, now)
+    return 0
   }
 
   /** The store's admission check for new envelopes: the quotas. */

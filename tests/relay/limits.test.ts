@@ -43,3 +43,11 @@ describe('TokenBuckets', () => {
     expect(b.take('busy', 1, 5_000)).toBeGreaterThanOrEqual(0)
   })
 })
+
+it('wait() says how long without taking anything', () => {
+  const b = new TokenBuckets({ rate: 1000, burst: 1000 })
+  expect(b.wait('a', 800, 0)).toBe(0)
+  expect(b.wait('a', 800, 0)).toBe(0)
+  expect(b.take('a', 800, 0)).toBe(0)
+  expect(b.wait('a', 800, 0)).toBe(600)
+})

@@ -100,6 +100,21 @@ describe('relay rate limits', () => {
   })
 })
 
+describe('relay rate limits, together', () => {
+  it("a refusal by the mailbox's bucket costs the sender nothing", async () => {
+    const t = await setup({ limits: { perSender: { rate: 1000, burst: 6000 }, perMailbox: { rate: 1000, burst: 4000 } } })
+    const bob = generateIdentity()
+    const c = t.connect('10.0.0.9')
+    const [a, b, other] = [t.envelope(bob, 3000), t.envelope(bob, 3000), t.envelope(generateIdentity(), 2000)]
+    c.send(a.puts[0]!) // sender 6000 → ~2700 left, bob's mailbox 4000 → ~700
+    c.send(b.puts[0]!) // refused by bob's mailbox bucket, not drawn from the sender's
+    c.send(other.puts[0]!) // ~2300 B: fits only if b drew nothing from the sender
+    await t.settle()
+    expect(c.stored()).toEqual([a.id, other.id])
+    expect(c.errors().map((e) => [e.code, e.id])).toEqual([['RATE_LIMITED', b.id]])
+  })
+})
+
 describe('relay quotas', () => {
   it('a full mailbox refuses new envelopes with QUOTA and a retry-after; re-sends of stored ones are still acked; a DONE makes room', async () => {
     const t = await setup({ quotas: { mailboxMessages: 2 } })

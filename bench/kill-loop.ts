@@ -24,6 +24,7 @@ import { compose } from '../src/client/compose.js'
 import { initHome } from '../src/client/identity.js'
 import { runSync } from '../src/client/sync-driver.js'
 import { Kind, Priority } from '../src/protocol/envelope.js'
+import { Rng } from '../src/sim/rng.js'
 
 const HERE = path.dirname(fileURLToPath(import.meta.url))
 /** The built CLI: dist/bench → dist/src, or bench/ (a test running the source) → dist/src. */
@@ -64,17 +65,6 @@ export interface KillLoopResult {
   /** Anything else wrong (a restart that did not open the store, a drain that did not finish, …). */
   problems: string[]
   seconds: number
-}
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 function freePort(): Promise<number> {
@@ -120,7 +110,8 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 export async function killLoop(o: KillLoopOptions): Promise<KillLoopResult> {
   const t0 = Date.now()
-  const random = mulberry32(o.seed)
+  const rng = new Rng(o.seed)
+  const random = (): number => rng.next()
   const problems: string[] = []
   await mkdir(o.dir, { recursive: true })
   const data = path.join(o.dir, 'relay')

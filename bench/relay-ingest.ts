@@ -26,12 +26,12 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads'
-import WebSocket from 'ws'
 import { generateIdentity, identityFromKeys, type Identity } from '../src/client/identity.js'
 import { decodeHeader, Kind, seal } from '../src/protocol/envelope.js'
-import { decodeFrame, encodeFrame, FrameType, MAX_FRAME_BYTES } from '../src/protocol/frames.js'
+import { decodeFrame, encodeFrame, FrameType } from '../src/protocol/frames.js'
 import { messageId } from '../src/protocol/hash.js'
 import { isValidPublicKey, naclVerifier, nodeVerifier, sign, type Verifier } from '../src/protocol/signature.js'
+import { fmt, idKey as key, median, openSocket, progress, progressDone } from './relay-bench.js'
 
 const HERE = path.dirname(fileURLToPath(import.meta.url))
 /** dist/bench/relay-ingest.js → dist/src/cli.js */
@@ -175,21 +175,6 @@ function parseArgs(argv: string[]): Options {
   return o
 }
 
-const tty = process.stderr.isTTY === true
-let lastProgress = 0
-/** One progress line on stderr: rewritten in place on a terminal, at most once a second otherwise. */
-function progress(text: string, force = false): void {
-  const now = performance.now()
-  if (tty) {
-    process.stderr.write(`\r\x1b[K${text}`)
-  } else if (force || now - lastProgress >= 1000) {
-    process.stderr.write(text + '\n')
-    lastProgress = now
-  }
-}
-function progressDone(): void {
-  if (tty) process.stderr.write('\r\x1b[K')
-}
 
 interface VerifyResult {
   name: string
@@ -414,16 +399,7 @@ interface IngestResult {
   latency_ms: { p50: number; p99: number; max: number }
 }
 
-function openSocket(url: string): Promise<WebSocket> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: MAX_FRAME_BYTES })
-    ws.binaryType = 'nodebuffer'
-    ws.once('open', () => resolve(ws))
-    ws.once('error', reject)
-  })
-}
 
-const key = (id: Uint8Array): string => Buffer.from(id.buffer, id.byteOffset, id.byteLength).toString('latin1')
 
 async function ingest(url: string, frames: Uint8Array[], ids: Uint8Array[], o: Options, label: string): Promise<IngestResult> {
   const sockets = await Promise.all(Array.from({ length: o.connections }, () => openSocket(url)))
@@ -517,15 +493,7 @@ async function ingest(url: string, frames: Uint8Array[], ids: Uint8Array[], o: O
 
 // ---------------------------------------------------------------- main
 
-function fmt(n: number, digits = 0): string {
-  return n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
-}
 
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b)
-  const m = s.length >> 1
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2
-}
 
 interface CpuCores {
   relay: number | null

@@ -64,6 +64,7 @@ import { sign } from '../src/protocol/signature.js'
 import { openDiskDb } from '../src/queue/db.js'
 import { GroupCommit } from '../src/queue/group-commit.js'
 import { MailboxStore } from '../src/queue/mailbox.js'
+import { fmt, idKey as key, median, openSocket, progress, progressDone } from './relay-bench.js'
 
 const HERE = path.dirname(fileURLToPath(import.meta.url))
 /** dist/bench/relay-scale.js → dist/src/cli.js */
@@ -322,34 +323,11 @@ function parseArgs(argv: string[]): Options {
   return o
 }
 
-const tty = process.stderr.isTTY === true
-let lastProgress = 0
-/** One progress line on stderr: rewritten in place on a terminal, at most once a second otherwise. */
-function progress(text: string, force = false): void {
-  const now = performance.now()
-  if (tty) {
-    process.stderr.write(`\r\x1b[K${text}`)
-  } else if (force || now - lastProgress >= 1000) {
-    process.stderr.write(text + '\n')
-    lastProgress = now
-  }
-}
-function progressDone(): void {
-  if (tty) process.stderr.write('\r\x1b[K')
-}
 
-function fmt(n: number, digits = 0): string {
-  return n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
-}
 const mb = (bytes: number): string => `${fmt(bytes / 1e6, 1)} MB`
 const round = (x: number, d = 2): number => Number(x.toFixed(d))
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b)
-  const m = s.length >> 1
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2
-}
 
 async function du(dir: string): Promise<number> {
   let total = 0
@@ -550,18 +528,6 @@ async function stopRelay(r: RelayChild): Promise<Stopped> {
 
 // ---------------------------------------------------------------- idle connections
 
-function openSocket(url: string): Promise<WebSocket> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: MAX_FRAME_BYTES })
-    ws.binaryType = 'nodebuffer'
-    ws.once('open', () => {
-      ws.off('error', reject)
-      ws.on('error', () => undefined) // counted by 'close'
-      resolve(ws)
-    })
-    ws.once('error', reject)
-  })
-}
 
 interface IdleResult {
   opened: number
@@ -787,7 +753,6 @@ function fetchMailbox(url: string, who: Identity, expect: number | undefined): P
   })
 }
 
-const key = (id: Uint8Array): string => Buffer.from(id.buffer, id.byteOffset, id.byteLength).toString('latin1')
 
 /** PUT every envelope over `connections` WebSockets, `window` unacked each; resolves when all are STORED (fsynced by the relay). */
 async function putAll(url: string, envelopes: Uint8Array[], label: string): Promise<{ seconds: number; per_sec: number }> {

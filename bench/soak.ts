@@ -8,6 +8,7 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { LiveLine } from '../src/client/progress.js'
 import { killLoop } from './kill-loop.js'
 
 function args(): { cycles: number; seed: number; messages: number; perCycle: number; dir?: string } {
@@ -40,15 +41,16 @@ try {
 }
 const dir = o.dir ?? (await mkdtemp(path.join(tmpdir(), 'chapar-soak-')))
 const t0 = Date.now()
+const line = new LiveLine(process.stderr, 5000)
 const r = await killLoop({
   dir,
   cycles: o.cycles,
   seed: o.seed,
   messages: o.messages,
   perCycle: o.perCycle,
-  onCycle: (c, s) => process.stderr.write(`\rsoak: cycle ${c}/${o.cycles} · acked ${s.acked} · delivered ${s.delivered} · ${Math.round((Date.now() - t0) / 1000)} s   `),
+  onCycle: (c, s) => line.update(`soak: cycle ${c}/${o.cycles} · acked ${s.acked} · delivered ${s.delivered} · ${Math.round((Date.now() - t0) / 1000)} s`, c === o.cycles),
 })
-process.stderr.write('\n')
+line.done()
 process.stdout.write(JSON.stringify({ bench: 'soak', seed: o.seed, ...r, lostAcked: r.lostAcked.length }) + '\n')
 if (!o.dir) await rm(dir, { recursive: true, force: true })
 const ok = r.problems.length === 0 && r.lostAcked.length === 0 && r.duplicates === 0 && r.delivered === r.messages

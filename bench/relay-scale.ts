@@ -618,6 +618,7 @@ async function fillStore(dir: string, layout: Layout, pool: SealPool, label: str
   const db = await openDiskDb(dir)
   const commit = new GroupCommit(db, false)
   const store = new MailboxStore(db, commit)
+  await store.open() // stamps the empty store with the current format (else the relay would look for format-1 keys to migrate)
   const total = layout.total
   const batch = DEFAULTS.sealBatch
   let done = 0

@@ -13,6 +13,23 @@
  * (DONE), the envelope is deleted and a tombstone remembers its id until
  * it would have expired, so a late re-send is answered "stored" instead of
  * being delivered twice.
+ *
+ * Key layout (format 2). What a recipient's fetch reads is keyed by mailbox
+ * first, so that LIST, GET and DONE read a few neighbouring blocks of the
+ * LevelDB tables whatever the size of the store; what only knows an id
+ * (a sender's PUT or QUERY, the expiry sweep) reads the id's record:
+ *
+ *   m!<id>                           the id's record (StoredMeta): every envelope, whole or arriving
+ *   c!<mailbox>!<id>!<index>         chunk bytes
+ *   d!<mailbox>!<id>                 a whole envelope's Delivery (size, expiry, listing time)
+ *   x!<mailbox>!<received>!<id>      the mailbox's listing, oldest first; value: Listed
+ *   e!<expires>!<id>                 expiry index (whole and arriving), for the sweep
+ *   t!<id>, te!<until>!<id>          tombstone of a delivered id, and its expiry index
+ *   v!mailbox-format                 "2"; absent on a store written before it (see migrate())
+ *
+ * Format 1 (before 2026-12) kept chunks under c!<id>!<index> and served a
+ * fetch from the id's record: each GET was two reads at random places in
+ * the store, and at a million messages a fetch took 2.5× as long.
  */
 import { createHash } from 'node:crypto'
 import { equal, toHex } from '../protocol/bytes.js'
@@ -68,6 +85,34 @@ export type PutResult = { kind: 'stored'; fresh: boolean } | { kind: 'partial'; 
 
 export type Holding = { kind: 'stored' } | { kind: 'partial'; size: number; have: Ranges } | { kind: 'none' }
 
+/** d!<mailbox>!<id>: what serving and deleting a whole envelope needs, next to its chunks. */
+interface Delivery {
+  size: number
+  expires_at: number
+  received_at: number
+}
+
+/** x!<mailbox>!<received>!<id>: what LIST answers, without reading anything else. */
+interface Listed {
+  size: number
+  expires_at: number
+}
+
+/** What check() finds: the store read whole, for tests and the kill test. */
+export interface StoreCheck {
+  keys: number
+  /** Key counts by prefix ("m!", "c!", …). */
+  prefixes: Record<string, number>
+  /** Ids stored whole: record, every chunk, delivery, listing and expiry entries all present. */
+  whole: Set<string>
+  /** Ids still arriving (chunks missing). */
+  arriving: Set<string>
+  /** Ids delivered (tombstoned). */
+  delivered: Set<string>
+  /** Keys that belong to no consistent envelope, and envelopes missing a key. */
+  problems: string[]
+}
+
 interface Partial {
   size: number
   mailbox: string
@@ -81,10 +126,20 @@ interface Partial {
 
 const META = 'm!'
 const CHUNK = 'c!'
+const DELIVERY = 'd!'
 const MBOX = 'x!'
 const EXPIRY = 'e!'
 const TOMB = 't!'
 const TOMB_EXPIRY = 'te!'
+const FORMAT_KEY = 'v!mailbox-format'
+export const MAILBOX_FORMAT = 2
+/** Envelopes moved per batch when migrating from format 1. */
+const MIGRATE_BATCH = 256
+
+const chunkKey = (mailbox: string, id: string, index: number): string => CHUNK + mailbox + '!' + id + '!' + pad(index, 8)
+const deliveryKey = (mailbox: string, id: string): string => DELIVERY + mailbox + '!' + id
+const listKey = (mailbox: string, receivedAt: number, id: string): string => MBOX + mailbox + '!' + pad(receivedAt) + '!' + id
+const expiryKey = (expiresAt: number, id: string): string => EXPIRY + pad(expiresAt) + '!' + id
 
 export class MailboxStore {
   private readonly partials = new Map<string, Partial>()
@@ -137,7 +192,7 @@ export class MailboxStore {
     if (!pending) {
       pending = (async () => {
         const have = new Set<number>()
-        const prefix = CHUNK + id + '!'
+        const prefix = CHUNK + meta.mailbox + '!' + id + '!'
         for await (const k of scanKeys(this.db, prefix)) have.add(Number(k.slice(prefix.length)))
         const p: Partial = { size: meta.size, mailbox: meta.mailbox, expiresAt: meta.expires_at, have, durable: new Set(have), commits: new Map() }
         if (!this.partials.has(id)) this.partials.set(id, p)
@@ -237,8 +292,8 @@ export class MailboxStore {
       const metaValue: StoredMeta = { mailbox, size: c.size, expires_at: c.expiresAt, received_at: now, complete: false }
       const write = this.commit.write([
         { type: 'put', key: META + id, value: jsonValue(metaValue) },
-        { type: 'put', key: EXPIRY + pad(c.expiresAt) + '!' + id, value: new Uint8Array(0) },
-        { type: 'put', key: CHUNK + id + '!' + pad(c.index, 8), value: c.data.slice() },
+        { type: 'put', key: expiryKey(c.expiresAt, id), value: new Uint8Array(0) },
+        { type: 'put', key: chunkKey(mailbox, id, c.index), value: c.data.slice() },
       ])
       p.commits.set(c.index, write)
       try {
@@ -300,16 +355,16 @@ export class MailboxStore {
   private async complete(id: string, c: ChunkPut, now: number, fresh: Map<number, Uint8Array>): Promise<PutResult> {
     const total = chunkCount(c.size)
     const hash = createHash('sha256').update('chapar/v1/id\0')
+    const mailbox = toHex(c.mailbox)
     let first: Uint8Array | undefined
     let length = 0
     for (let i = 0; i < total; i++) {
-      const data = fresh.get(i) ?? (await this.db.get(CHUNK + id + '!' + pad(i, 8)))
+      const data = fresh.get(i) ?? (await this.db.get(chunkKey(mailbox, id, i)))
       if (!data) throw new ChaparError(ErrorCode.INTERNAL, `chunk ${i} of ${id} missing at completion`)
       if (i === 0) first = data.subarray(0, HEADER_BYTES)
       hash.update(data)
       length += data.length
     }
-    const mailbox = toHex(c.mailbox)
     let problem: string | undefined
     if (length !== c.size) problem = `assembled ${length} bytes, expected ${c.size}`
     else if (c.size < MIN_ENVELOPE_BYTES) problem = `envelope of ${c.size} bytes is too short`
@@ -323,16 +378,19 @@ export class MailboxStore {
       }
     }
     if (problem) {
-      await this.discard(id, c.expiresAt)
+      await this.discard(id, mailbox, c.size, c.expiresAt)
       throw new ChaparError(ErrorCode.BAD_ENVELOPE, problem)
     }
     const metaValue: StoredMeta = { mailbox, size: c.size, expires_at: c.expiresAt, received_at: now, complete: true }
+    const delivery: Delivery = { size: c.size, expires_at: c.expiresAt, received_at: now }
+    const listed: Listed = { size: c.size, expires_at: c.expiresAt }
     const ops: BatchOp[] = [
       { type: 'put', key: META + id, value: jsonValue(metaValue) },
-      { type: 'put', key: MBOX + mailbox + '!' + pad(now) + '!' + id, value: new Uint8Array(0) },
-      { type: 'put', key: EXPIRY + pad(c.expiresAt) + '!' + id, value: new Uint8Array(0) },
+      { type: 'put', key: deliveryKey(mailbox, id), value: jsonValue(delivery) },
+      { type: 'put', key: listKey(mailbox, now, id), value: jsonValue(listed) },
+      { type: 'put', key: expiryKey(c.expiresAt, id), value: new Uint8Array(0) },
     ]
-    for (const [i, data] of fresh) ops.push({ type: 'put', key: CHUNK + id + '!' + pad(i, 8), value: data.slice() })
+    for (const [i, data] of fresh) ops.push({ type: 'put', key: chunkKey(mailbox, id, i), value: data.slice() })
     await this.commit.write(ops)
     // Its bytes were counted when it was admitted (its first chunk).
     this.partials.delete(id)
@@ -340,14 +398,14 @@ export class MailboxStore {
     return { kind: 'stored', fresh: true }
   }
 
-  private async discard(id: string, expiresAt: number): Promise<void> {
+  private async discard(id: string, mailbox: string, size: number, expiresAt: number): Promise<void> {
     const p = this.partials.get(id)
     this.partials.delete(id)
     const ops: BatchOp[] = [
       { type: 'del', key: META + id },
-      { type: 'del', key: EXPIRY + pad(expiresAt) + '!' + id },
+      { type: 'del', key: expiryKey(expiresAt, id) },
     ]
-    for await (const k of scanKeys(this.db, CHUNK + id + '!')) ops.push({ type: 'del', key: k })
+    for (let i = 0; i < chunkCount(size); i++) ops.push({ type: 'del', key: chunkKey(mailbox, id, i) })
     await this.commit.write(ops)
     if (p) this.account(p.mailbox, 0, -1, -p.size)
   }
@@ -355,30 +413,29 @@ export class MailboxStore {
   /** Complete envelopes waiting in `mailbox`, oldest first. */
   async list(mailboxBytes: Uint8Array, max: number, now: number): Promise<{ entries: IndexEntry[]; more: boolean }> {
     const mailbox = toHex(mailboxBytes)
-    const ids: string[] = []
-    for await (const k of scanKeys(this.db, MBOX + mailbox + '!', max + 1)) ids.push(k.slice(k.lastIndexOf('!') + 1))
-    const more = ids.length > max
-    const chosen = ids.slice(0, max)
-    const metas = await this.db.getMany(chosen.map((id) => META + id))
     const entries: IndexEntry[] = []
-    chosen.forEach((id, i) => {
-      const v = metas[i]
-      if (!v) return
-      const m = parseJson<StoredMeta>(v)
-      if (m.expires_at <= now) return
-      entries.push({ id: fromHex(id), size: m.size, expiresAt: m.expires_at })
-    })
+    let seen = 0
+    let more = false
+    for await (const [k, v] of scan(this.db, MBOX + mailbox + '!', max + 1)) {
+      if (++seen > max) {
+        more = true
+        break
+      }
+      const m = parseJson<Listed>(v)
+      if (m.expires_at <= now) continue
+      entries.push({ id: fromHex(k.slice(k.lastIndexOf('!') + 1)), size: m.size, expiresAt: m.expires_at })
+    }
     return { entries, more }
   }
 
   /** One chunk of a complete envelope in `mailbox` (the caller's authenticated mailbox). */
   async chunk(idBytes: Uint8Array, mailboxBytes: Uint8Array, index: number): Promise<{ size: number; data: Uint8Array } | undefined> {
     const id = toHex(idBytes)
-    const meta = await this.meta(id)
-    if (!meta || !meta.complete || meta.mailbox !== toHex(mailboxBytes)) return undefined
-    if (index >= chunkCount(meta.size)) return undefined
-    const data = await this.db.get(CHUNK + id + '!' + pad(index, 8))
-    return data ? { size: meta.size, data } : undefined
+    const mailbox = toHex(mailboxBytes)
+    const [d, data] = await this.db.getMany([deliveryKey(mailbox, id), chunkKey(mailbox, id, index)])
+    if (!d || !data) return undefined
+    const { size } = parseJson<Delivery>(d)
+    return index < chunkCount(size) ? { size, data } : undefined
   }
 
   /** The recipient holds these: delete them and remember their ids. Idempotent; other mailboxes' ids are ignored. */
@@ -403,10 +460,12 @@ export class MailboxStore {
       const ops: BatchOp[] = []
       let n = 0
       let bytes = 0
-      for (const id of claimed) {
-        const meta = await this.meta(id)
-        if (!meta || !meta.complete || meta.mailbox !== mailbox) continue
-        ops.push(...(await this.deleteOps(id, meta)))
+      const deliveries = await this.db.getMany(claimed.map((id) => deliveryKey(mailbox, id)))
+      for (const [i, id] of claimed.entries()) {
+        const d = deliveries[i]
+        if (!d) continue // not whole, or not in this mailbox
+        const meta: StoredMeta = { mailbox, complete: true, ...parseJson<Delivery>(d) }
+        ops.push(...this.deleteOps(id, meta))
         const until = Math.max(meta.expires_at, now) + TOMBSTONE_GRACE_MS
         ops.push({ type: 'put', key: TOMB + id, value: jsonValue({ until }) })
         ops.push({ type: 'put', key: TOMB_EXPIRY + pad(until) + '!' + id, value: new Uint8Array(0) })
@@ -423,13 +482,14 @@ export class MailboxStore {
     }
   }
 
-  private async deleteOps(id: string, meta: StoredMeta): Promise<BatchOp[]> {
+  /** Every key of an envelope, whole or arriving (deleting a key never written is harmless). */
+  private deleteOps(id: string, meta: StoredMeta): BatchOp[] {
     const ops: BatchOp[] = [
       { type: 'del', key: META + id },
-      { type: 'del', key: MBOX + meta.mailbox + '!' + pad(meta.received_at) + '!' + id },
-      { type: 'del', key: EXPIRY + pad(meta.expires_at) + '!' + id },
+      { type: 'del', key: expiryKey(meta.expires_at, id) },
     ]
-    for await (const k of scanKeys(this.db, CHUNK + id + '!')) ops.push({ type: 'del', key: k })
+    if (meta.complete) ops.push({ type: 'del', key: deliveryKey(meta.mailbox, id) }, { type: 'del', key: listKey(meta.mailbox, meta.received_at, id) })
+    for (let i = 0; i < chunkCount(meta.size); i++) ops.push({ type: 'del', key: chunkKey(meta.mailbox, id, i) })
     return ops
   }
 
@@ -451,7 +511,7 @@ export class MailboxStore {
         claimed.push(id!)
         const meta = await this.meta(id!)
         if (meta) {
-          ops.push(...(await this.deleteOps(id!, meta)))
+          ops.push(...this.deleteOps(id!, meta))
           freed.push({ id: id!, meta })
         } else ops.push({ type: 'del', key: k })
         this.partials.delete(id!)
@@ -473,9 +533,138 @@ export class MailboxStore {
   }
 
   /**
-   * Count what every mailbox holds, from disk: once, when the relay opens
-   * its store (one scan of the metadata), before it serves anyone. From then
-   * on the counts are kept in memory as envelopes come and go.
+   * Make the store ready to serve, before the relay listens: bring a store
+   * an older Chapar wrote up to this format (migrate), then count what every
+   * mailbox holds (loadUsage). `onProgress` hears of a migration's progress.
+   */
+  async open(onProgress?: (moved: number) => void): Promise<{ migrated: number }> {
+    const migrated = await this.migrate(onProgress)
+    await this.loadUsage()
+    return { migrated }
+  }
+
+  /**
+   * Format 1 → 2: move each envelope's chunks under its mailbox and write
+   * its delivery and listing values, MIGRATE_BATCH envelopes per atomic
+   * batch (old keys deleted in the batch that writes the new ones), then
+   * record the format. A migration cut short (a crash, a kill) is taken up
+   * again at the next open: moving an envelope already moved writes the
+   * same keys again. Returns how many envelopes were looked at (0 when the
+   * store is already in this format). A store written by a newer format is
+   * refused rather than misread.
+   */
+  private async migrate(onProgress?: (moved: number) => void): Promise<number> {
+    const stamp = await this.db.get(FORMAT_KEY)
+    const format = stamp ? Number(new TextDecoder().decode(stamp)) : 1
+    if (format === MAILBOX_FORMAT) return 0
+    if (!(format < MAILBOX_FORMAT)) throw new Error(`this relay store is in mailbox format ${stamp ? new TextDecoder().decode(stamp) : '?'}, written by a newer Chapar; this one reads formats up to ${MAILBOX_FORMAT}`)
+    let moved = 0
+    let batch: Array<[string, StoredMeta]> = []
+    const flush = async (): Promise<void> => {
+      const oldKeys: string[] = []
+      const owners: Array<[string, StoredMeta, number]> = []
+      for (const [id, m] of batch) {
+        for (let i = 0; i < chunkCount(m.size); i++) {
+          oldKeys.push(CHUNK + id + '!' + pad(i, 8))
+          owners.push([id, m, i])
+        }
+      }
+      const values = await this.db.getMany(oldKeys)
+      const ops: BatchOp[] = []
+      values.forEach((v, j) => {
+        if (!v) return
+        const [id, m, i] = owners[j]!
+        ops.push({ type: 'put', key: chunkKey(m.mailbox, id, i), value: v }, { type: 'del', key: oldKeys[j]! })
+      })
+      for (const [id, m] of batch) {
+        if (!m.complete) continue
+        const delivery: Delivery = { size: m.size, expires_at: m.expires_at, received_at: m.received_at }
+        const listed: Listed = { size: m.size, expires_at: m.expires_at }
+        ops.push({ type: 'put', key: deliveryKey(m.mailbox, id), value: jsonValue(delivery) }, { type: 'put', key: listKey(m.mailbox, m.received_at, id), value: jsonValue(listed) })
+      }
+      await this.commit.write(ops)
+      moved += batch.length
+      batch = []
+      onProgress?.(moved)
+    }
+    for await (const [k, v] of scan(this.db, META)) {
+      batch.push([k.slice(META.length), parseJson<StoredMeta>(v)])
+      if (batch.length >= MIGRATE_BATCH) await flush()
+    }
+    if (batch.length > 0) await flush()
+    await this.commit.write([{ type: 'put', key: FORMAT_KEY, value: new TextEncoder().encode(String(MAILBOX_FORMAT)) }])
+    return moved
+  }
+
+  /**
+   * Read the whole store and say what it holds and whether every envelope
+   * is consistent: each id's record, chunks, delivery, listing and expiry
+   * entries agree. For tests, the kill test and operators' diagnosis; it
+   * reads every key, so it is not for a busy relay's hot path.
+   */
+  async check(): Promise<StoreCheck> {
+    const prefixes: Record<string, number> = {}
+    const metas = new Map<string, StoredMeta>()
+    const chunks = new Map<string, number>()
+    const deliveries = new Map<string, Delivery>()
+    const listings = new Set<string>()
+    const expiries = new Set<string>()
+    const tombs = new Set<string>()
+    const tombExpiries = new Set<string>()
+    const problems: string[] = []
+    let keys = 0
+    for await (const [k, v] of this.db.iterator()) {
+      keys++
+      const p = k.slice(0, k.indexOf('!') + 1)
+      prefixes[p] = (prefixes[p] ?? 0) + 1
+      const parts = k.split('!')
+      if (p === META) metas.set(parts[1]!, parseJson<StoredMeta>(v))
+      else if (p === CHUNK) {
+        const owner = parts[1] + '!' + parts[2]
+        chunks.set(owner, (chunks.get(owner) ?? 0) + 1)
+      } else if (p === DELIVERY) deliveries.set(parts[1] + '!' + parts[2], parseJson<Delivery>(v))
+      else if (p === MBOX) listings.add(k)
+      else if (p === EXPIRY) expiries.add(k)
+      else if (p === TOMB) tombs.add(parts[1]!)
+      else if (p === TOMB_EXPIRY) tombExpiries.add(parts[2]!)
+    }
+    const whole = new Set<string>()
+    const arriving = new Set<string>()
+    for (const [id, m] of metas) {
+      const owner = m.mailbox + '!' + id
+      const n = chunks.get(owner) ?? 0
+      chunks.delete(owner)
+      if (!expiries.delete(expiryKey(m.expires_at, id))) problems.push(`${id}: no expiry entry`)
+      if (!m.complete) {
+        const d = deliveries.get(owner)
+        if (d) problems.push(`${id}: arriving, but has a delivery entry`)
+        deliveries.delete(owner)
+        if (n >= chunkCount(m.size)) problems.push(`${id}: arriving, but all ${n} chunks are stored`)
+        arriving.add(id)
+        continue
+      }
+      const d = deliveries.get(owner)
+      deliveries.delete(owner)
+      const listed = listKey(m.mailbox, m.received_at, id)
+      const hasListing = listings.delete(listed)
+      if (n !== chunkCount(m.size)) problems.push(`${id}: whole, but ${n} of ${chunkCount(m.size)} chunks are stored`)
+      else if (!d || d.size !== m.size || d.expires_at !== m.expires_at || d.received_at !== m.received_at) problems.push(`${id}: whole, but its delivery entry is ${d ? 'wrong' : 'missing'}`)
+      else if (!hasListing) problems.push(`${id}: whole, but not listed in its mailbox`)
+      else whole.add(id)
+    }
+    for (const owner of chunks.keys()) problems.push(`chunks of ${owner} belong to no record`)
+    for (const owner of deliveries.keys()) problems.push(`delivery entry ${owner} belongs to no record`)
+    for (const k of listings) problems.push(`listing ${k} belongs to no whole envelope`)
+    for (const k of expiries) problems.push(`expiry entry ${k} belongs to no record`)
+    for (const id of tombs) if (!tombExpiries.delete(id)) problems.push(`tombstone ${id} has no expiry entry`)
+    for (const id of tombExpiries) problems.push(`tombstone expiry entry for ${id} has no tombstone`)
+    return { keys, prefixes, whole, arriving, delivered: tombs, problems }
+  }
+
+  /**
+   * Count what every mailbox holds, from disk (one scan of the records),
+   * before the relay serves anyone. From then on the counts are kept in
+   * memory as envelopes come and go.
    */
   async loadUsage(): Promise<void> {
     this.usage.clear()

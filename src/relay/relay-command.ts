@@ -13,7 +13,7 @@ import { InputError } from '../protocol/errors.js'
 import { CHUNK_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION } from '../protocol/frames.js'
 import { jsonValue, openDiskDb } from '../queue/db.js'
 import { GroupCommit } from '../queue/group-commit.js'
-import { MailboxStore } from '../queue/mailbox.js'
+import { MAILBOX_FORMAT, MailboxStore } from '../queue/mailbox.js'
 import { AccessList } from './access.js'
 import { type AdminServer, listenAdmin } from './admin.js'
 import { loadRelayConfig, printableConfig, type RelayConfig } from './config.js'
@@ -164,7 +164,18 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   }
   const commit = new GroupCommit(db, true)
   const store = new MailboxStore(db, commit)
-  await store.loadUsage()
+  try {
+    let lastLog = Date.now()
+    const { migrated } = await store.open((moved) => {
+      if (Date.now() - lastLog < 5_000) return
+      lastLog = Date.now()
+      log.info({ envelopes: moved }, 'migrating the store to the current format')
+    })
+    if (migrated > 0) log.info({ envelopes: migrated, format: MAILBOX_FORMAT }, 'store migrated')
+  } catch (err) {
+    await db.close().catch(() => {})
+    throw new InputError(`cannot open relay data in ${dataDir}: ${(err as Error).message}`)
+  }
   const access = new AccessList(config.access.mode, config.access, db)
   await access.load()
 

@@ -51,7 +51,7 @@ describe('partial answers (HAVE) only claim committed chunks', () => {
     const hex = toHex(id)
     const violations: string[] = []
     await Promise.all([0, 1, 2].map((i) => s.put(put(e, id, i), T0).then((r) => {
-      if (r.kind === 'partial') for (const [x, y] of r.have) for (let j = x; j < y; j++) if (!committed.has(`c!${hex}!${String(j).padStart(8, '0')}`)) violations.push(`ack of ${i} claims ${j}`)
+      if (r.kind === 'partial') for (const [x, y] of r.have) for (let j = x; j < y; j++) if (!committed.has(`c!${toHex(b.mailbox)}!${hex}!${String(j).padStart(8, '0')}`)) violations.push(`ack of ${i} claims ${j}`)
     })))
     expect(violations).toEqual([])
   })

@@ -440,6 +440,9 @@ async function expectSound(relay: Relay, puts: readonly Uint8Array[], acked: Rea
     if ((await relay.store.holding(fromHex(id))).kind === 'stored') expect(listed.has(id), `${id} is held as stored but not listed`).toBe(true)
   }
   for (const id of acked) expect(listed.has(id), `${id} was acked STORED but is not listed`).toBe(true)
+  const check = await relay.store.check()
+  expect(check.problems, 'every key of the store belongs to a consistent envelope').toEqual([])
+  expect(check.whole).toEqual(listed)
   return listed
 }
 

@@ -14,7 +14,7 @@ import http from 'node:http'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import { ChaparError } from '../protocol/errors.js'
 import type { GroupCommit } from '../queue/group-commit.js'
-import type { AccessList, AccessListName } from './access.js'
+import { type AccessList, type AccessListName, parseKey } from './access.js'
 import type { Logger } from './log.js'
 import type { Relay } from './relay-engine.js'
 import type { UdpRelayServer } from './udp-server.js'
@@ -194,9 +194,12 @@ export function listenAdmin(deps: AdminDeps, options: { host: string; port: numb
             const list: AccessListName = verb === 'ban' || verb === 'unban' ? 'deny' : 'allow'
             const present = verb === 'ban' || verb === 'allow'
             try {
-              const changed = await deps.access.set(list, url.searchParams.get('key') ?? '', present)
-              deps.log?.info({ action: verb, changed }, 'access list changed')
-              return json(res, 200, { changed, ...deps.access.view() })
+              const key = url.searchParams.get('key') ?? ''
+              const changed = await deps.access.set(list, key, present)
+              // A ban also closes the key's open connections (access.set has checked the key).
+              const disconnected = verb === 'ban' ? deps.relay.disconnectKey(parseKey(key)) : 0
+              deps.log?.info({ action: verb, changed, ...(verb === 'ban' ? { disconnected } : {}) }, 'access list changed')
+              return json(res, 200, { changed, ...(verb === 'ban' ? { disconnected } : {}), ...deps.access.view() })
             } catch (err) {
               if (err instanceof ChaparError) return json(res, 400, { error: 'bad-request', message: err.message })
               throw err

@@ -100,6 +100,8 @@ export type RelayEvent =
   /** A refusal or protocol error sent to connection `conn`; `reason` is refusalReason(code). */
   | { type: 'error'; conn: number; code: ErrorCode; reason: string; message: string; retryAfterMs?: number | undefined }
 
+const BANNED = 'this key is banned from this relay'
+
 export class Relay {
   readonly maxEnvelope: number
   readonly maxTtlMs: number
@@ -128,6 +130,8 @@ export class Relay {
   private readonly senderBuckets: TokenBuckets | undefined
   private readonly mailboxBuckets: TokenBuckets | undefined
   private nextConn = 0
+  /** Open connections (to close those of a key banned while connected). */
+  private readonly sessions = new Set<RelaySession>()
   /** PUT/QUERY operations in progress, over all connections. */
   inFlightOps = 0
   onEvent: ((e: RelayEvent) => void) | undefined
@@ -151,7 +155,29 @@ export class Relay {
   connect(link: Link, info: ConnectionInfo = {}): RelaySession {
     this.counters.connections++
     this.counters.open++
-    return new RelaySession(this, link, ++this.nextConn, info)
+    const session = new RelaySession(this, link, ++this.nextConn, info)
+    this.sessions.add(session)
+    return session
+  }
+
+  /** @internal The session closed. */
+  forget(session: RelaySession): void {
+    this.sessions.delete(session)
+  }
+
+  /**
+   * Close every connection logged in as `keyHex` with FORBIDDEN: a ban
+   * takes effect on open connections too, not only at the next login.
+   * Returns how many were closed.
+   */
+  disconnectKey(keyHex: string): number {
+    let n = 0
+    for (const s of [...this.sessions]) {
+      if (s.loggedInAs !== keyHex) continue
+      s.refuseBanned()
+      n++
+    }
+    return n
   }
 
   /** @internal Count a frame each way (metrics). */
@@ -234,11 +260,22 @@ export class RelaySession {
     this.send({ type: FrameType.ERROR, code, id, message, ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) })
   }
 
+  /** The signing key this connection logged in with (hex), if it has. */
+  get loggedInAs(): string | undefined {
+    return this.key
+  }
+
   /** The connection went away. */
   close(): void {
     if (this.closed) return
     this.closed = true
     this.relay.counters.open--
+    this.relay.forget(this)
+  }
+
+  /** @internal Its key was banned: refuse and close (Relay.disconnectKey). */
+  refuseBanned(): void {
+    this.abort(ErrorCode.FORBIDDEN, BANNED)
   }
 
   /** Refuse and close: the peer sent something no honest client sends. */
@@ -355,7 +392,7 @@ export class RelaySession {
     }
     const key = toHex(pk)
     if (this.relay.access?.isBanned(key)) {
-      this.abort(ErrorCode.FORBIDDEN, 'this key is banned from this relay')
+      this.abort(ErrorCode.FORBIDDEN, BANNED)
       return
     }
     this.key = key

@@ -211,6 +211,33 @@ describe('relay access', () => {
     expect(t.relay.refused.get('forbidden')).toBe(1)
   })
 
+  it('a ban closes the connections already logged in with that key, and only those', async () => {
+    const access = new AccessList('open', { allow: [], deny: [] })
+    const t = await setup({ access })
+    const mallory = generateIdentity()
+    const other = generateIdentity()
+    const closed: string[] = []
+    const open = (who: Identity) => {
+      const got: Frame[] = []
+      const s = t.relay.connect({ send: (b) => got.push(decodeFrame(b)), close: (why) => closed.push(`${who === mallory ? 'mallory' : 'other'}: ${why}`) })
+      const hello = got[0] as Extract<Frame, { type: typeof FrameType.HELLO }>
+      s.receive(encodeFrame({ type: FrameType.AUTH, signPublicKey: who.address.signPublicKey, signature: sign(authMessage(hello.challenge, 'ws://r'), who.signSecretKey), origin: 'ws://r' }))
+      return got
+    }
+    const m1 = open(mallory)
+    open(mallory)
+    open(other)
+    t.connect() // not logged in
+    await t.settle()
+    expect(t.relay.counters.open).toBe(4)
+    expect(await access.set('deny', formatAddress(mallory.address), true)).toBe(true)
+    expect(t.relay.disconnectKey(Buffer.from(mallory.address.signPublicKey).toString('hex'))).toBe(2)
+    expect(closed).toEqual(['mallory: this key is banned from this relay', 'mallory: this key is banned from this relay'])
+    expect(m1.filter((f) => f.type === FrameType.ERROR)).toMatchObject([{ code: 'FORBIDDEN', message: 'this key is banned from this relay' }])
+    expect(t.relay.counters.open).toBe(2)
+    expect(t.relay.disconnectKey(Buffer.from(mallory.address.signPublicKey).toString('hex'))).toBe(0)
+  })
+
   it('allowlist mode: HELLO says so; PUTs need a login with an allowed key; keys added through the admin API count too', async () => {
     const member = generateIdentity()
     const later = generateIdentity()

@@ -26,6 +26,7 @@
  *   e!<expires>!<id>                 expiry index (whole and arriving), for the sweep
  *   t!<id>, te!<until>!<id>          tombstone of a delivered id, and its expiry index
  *   v!mailbox-format                 "2"; absent on a store written before it (see migrate())
+ *   v!usage-snapshot, s!<mailbox>    usage counts saved at a clean close, read and deleted at the next open
  *
  * Format 1 (before 2026-12) kept chunks under c!<id>!<index> and served a
  * fetch from the id's record: each GET was two reads at random places in
@@ -132,6 +133,10 @@ const EXPIRY = 'e!'
 const TOMB = 't!'
 const TOMB_EXPIRY = 'te!'
 const FORMAT_KEY = 'v!mailbox-format'
+/** Present (with the count of s! entries) only between a clean close and the next open. */
+const SNAPSHOT_KEY = 'v!usage-snapshot'
+/** s!<mailbox> → "messages,arriving,bytes": the usage counts written at a clean close. */
+const SNAPSHOT = 's!'
 export const MAILBOX_FORMAT = 2
 /** Envelopes moved per batch when migrating from format 1. */
 const MIGRATE_BATCH = 256
@@ -159,6 +164,10 @@ export class MailboxStore {
   private readonly deleting = new Map<string, Promise<void>>()
   /** The last PUT of each id in progress: the next one waits for it (see put). */
   private readonly perId = new Map<string, Promise<void>>()
+  /** put, done and sweep calls in progress: the usage counts are saved only when none is. */
+  private busy = 0
+  /** Set by saveUsage: nothing may change the store after its counts were saved. */
+  private closed = false
 
   constructor(
     readonly db: Db,
@@ -243,7 +252,10 @@ export class MailboxStore {
    */
   put(c: ChunkPut, now: number, admit?: Admit): Promise<PutResult> {
     const id = toHex(c.id)
+    this.busy++
     const run = (this.perId.get(id) ?? Promise.resolve()).then(() => this.putNow(c, now, admit))
+    const idle = (): void => void this.busy--
+    run.then(idle, idle)
     const tail = run.then(
       () => {},
       () => {},
@@ -256,6 +268,7 @@ export class MailboxStore {
   }
 
   private async putNow(c: ChunkPut, now: number, admit?: Admit): Promise<PutResult> {
+    this.assertOpen()
     if (c.expiresAt <= now) throw new ChaparError(ErrorCode.EXPIRED, 'envelope has expired')
     const id = toHex(c.id)
     const mailbox = toHex(c.mailbox)
@@ -301,6 +314,11 @@ export class MailboxStore {
       } catch (err) {
         p.have.delete(c.index)
         p.commits.delete(c.index)
+        if (p.have.size === 0 && this.partials.get(id) === p) {
+          // Nothing of it is on disk or on its way there: forget it, and uncount it.
+          this.partials.delete(id)
+          this.account(mailbox, 0, -1, -c.size)
+        }
         throw err
       }
       p.durable.add(c.index)
@@ -440,6 +458,16 @@ export class MailboxStore {
 
   /** The recipient holds these: delete them and remember their ids. Idempotent; other mailboxes' ids are ignored. */
   async done(mailboxBytes: Uint8Array, ids: readonly Uint8Array[], now: number): Promise<number> {
+    this.busy++
+    try {
+      return await this.doneNow(mailboxBytes, ids, now)
+    } finally {
+      this.busy--
+    }
+  }
+
+  private async doneNow(mailboxBytes: Uint8Array, ids: readonly Uint8Array[], now: number): Promise<number> {
+    this.assertOpen()
     const mailbox = toHex(mailboxBytes)
     // Claim the ids first (synchronously), so a concurrent DONE or sweep of
     // the same id waits for this one rather than deleting it twice.
@@ -495,6 +523,16 @@ export class MailboxStore {
 
   /** Delete expired envelopes (whole or partial) and tombstones past their time. */
   async sweep(now: number): Promise<{ expired: number; tombstones: number }> {
+    this.busy++
+    try {
+      return await this.sweepNow(now)
+    } finally {
+      this.busy--
+    }
+  }
+
+  private async sweepNow(now: number): Promise<{ expired: number; tombstones: number }> {
+    this.assertOpen()
     const ops: BatchOp[] = []
     const freed: Array<{ id: string; meta: StoredMeta }> = []
     const claimed: string[] = []
@@ -537,10 +575,69 @@ export class MailboxStore {
    * an older Chapar wrote up to this format (migrate), then count what every
    * mailbox holds (loadUsage). `onProgress` hears of a migration's progress.
    */
-  async open(onProgress?: (moved: number) => void): Promise<{ migrated: number }> {
+  async open(onProgress?: (moved: number) => void): Promise<{ migrated: number; usage: 'snapshot' | 'scan' }> {
     const migrated = await this.migrate(onProgress)
-    await this.loadUsage()
-    return { migrated }
+    const usage = (await this.loadSnapshot()) ? 'snapshot' : 'scan'
+    if (usage === 'scan') await this.loadUsage()
+    return { migrated, usage }
+  }
+
+  /**
+   * Before closing the database: save the usage counts, so that the next
+   * open reads them instead of scanning every record. Only when no put,
+   * done or sweep is in progress (the counts then say exactly what is on
+   * disk); returns whether it saved them. Nothing may be written to the
+   * store after this. A relay that dies instead (SIGKILL, a crash) leaves no
+   * snapshot, and the next open scans.
+   */
+  async saveUsage(): Promise<boolean> {
+    if (this.busy > 0 || this.partials.size > this.durablePartials()) return false
+    const ops: BatchOp[] = [{ type: 'put', key: SNAPSHOT_KEY, value: new TextEncoder().encode(String(this.usage.size)) }]
+    for (const [mailbox, u] of this.usage) ops.push({ type: 'put', key: SNAPSHOT + mailbox, value: new TextEncoder().encode(`${u.messages},${u.arriving},${u.bytes}`) })
+    this.closed = true
+    try {
+      await this.commit.write(ops)
+    } catch (err) {
+      this.closed = false
+      throw err
+    }
+    return true
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new ChaparError(ErrorCode.RETRY_LATER, 'the relay is shutting down', { retryAfterMs: 1000 })
+  }
+
+  /** Partials with at least one chunk on disk (the scan counts those; a snapshot must agree). */
+  private durablePartials(): number {
+    let n = 0
+    for (const p of this.partials.values()) if (p.durable.size > 0) n++
+    return n
+  }
+
+  /**
+   * Read the usage counts a clean close saved, and delete them (fsynced)
+   * before anything else is written, so that they are never read twice.
+   * False when there are none (or they do not add up): then scan.
+   */
+  private async loadSnapshot(): Promise<boolean> {
+    const marker = await this.db.get(SNAPSHOT_KEY)
+    const entries: Array<[string, Usage]> = []
+    const ops: BatchOp[] = []
+    for await (const [k, v] of scan(this.db, SNAPSHOT)) {
+      ops.push({ type: 'del', key: k })
+      const [messages, arriving, bytes] = new TextDecoder().decode(v).split(',').map(Number)
+      entries.push([k.slice(SNAPSHOT.length), { messages: messages!, arriving: arriving!, bytes: bytes! }])
+    }
+    if (!marker && ops.length === 0) return false
+    ops.push({ type: 'del', key: SNAPSHOT_KEY })
+    await this.commit.write(ops)
+    const valid = marker && Number(new TextDecoder().decode(marker)) === entries.length && entries.every(([, u]) => [u.messages, u.arriving, u.bytes].every((n) => Number.isSafeInteger(n) && n >= 0))
+    if (!valid) return false
+    this.usage.clear()
+    this.total.messages = this.total.arriving = this.total.bytes = 0
+    for (const [mailbox, u] of entries) this.account(mailbox, u.messages, u.arriving, u.bytes)
+    return true
   }
 
   /**

@@ -166,12 +166,14 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   const store = new MailboxStore(db, commit)
   try {
     let lastLog = Date.now()
-    const { migrated } = await store.open((moved) => {
+    const started = Date.now()
+    const { migrated, usage } = await store.open((moved) => {
       if (Date.now() - lastLog < 5_000) return
       lastLog = Date.now()
       log.info({ envelopes: moved }, 'migrating the store to the current format')
     })
     if (migrated > 0) log.info({ envelopes: migrated, format: MAILBOX_FORMAT }, 'store migrated')
+    log.info({ ms: Date.now() - started, usage_from: usage, ...store.stats() }, 'store open')
   } catch (err) {
     await db.close().catch(() => {})
     throw new InputError(`cannot open relay data in ${dataDir}: ${(err as Error).message}`)
@@ -333,8 +335,13 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
       await udp?.close()
       await server.close()
       await admin?.close()
+      // The usage counts, so that the next start need not scan the store (skipped if work is still unfinished).
+      const usageSaved = await store.saveUsage().catch((err: unknown) => {
+        log.error({ error: (err as Error).message }, 'cannot save usage counts')
+        return false
+      })
       await db.close()
-      log.info({ signal, ...relay.counters, ...(udp ? { udp: udp.listener.counters } : {}), commits: commit.batches, unfinished_ops: relay.inFlightOps }, 'stopped')
+      log.info({ signal, usage_saved: usageSaved, ...relay.counters, ...(udp ? { udp: udp.listener.counters } : {}), commits: commit.batches, unfinished_ops: relay.inFlightOps }, 'stopped')
     })())
   return { config, relay, url: server.url, udpUrl: udp?.url, adminUrl: admin?.url, stop }
 }

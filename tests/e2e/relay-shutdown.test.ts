@@ -82,16 +82,20 @@ it('acks only what is on disk, finishes the work it read, refuses new connection
 
   const acked = up.frames.filter((f) => f.type === FrameType.STORED).flatMap((f) => (f as Extract<Frame, { type: typeof FrameType.STORED }>).ids.map(toHex))
   const stopped = relay.lines.map((l) => JSON.parse(l)).find((l) => l.msg === 'stopped')
-  expect(stopped).toMatchObject({ signal: 'SIGTERM', unfinished_ops: 0 })
+  expect(stopped).toMatchObject({ signal: 'SIGTERM', unfinished_ops: 0, usage_saved: true })
   expect(acked.length).toBeGreaterThan(0)
   console.log(`SIGTERM after the first ack: ${acked.length} of ${ENVELOPES} acked before the close`)
 
   const again = await startRelay(data)
   relays.push(again)
+  // The usage counts saved at the clean stop are read back instead of a scan, and agree with what is stored.
+  const opened = again.lines.map((l) => JSON.parse(l)).find((l) => l.msg === 'store open')
+  expect(opened).toMatchObject({ usage_from: 'snapshot' })
   const held = new Set<string>()
   // LIST shows up to 512; ENVELOPES is below that.
   for (const id of await listAll(again.url, bob)) held.add(id)
   for (const id of acked) expect(held.has(id)).toBe(true)
+  expect(opened.messages).toBe(held.size)
   again.child.kill('SIGTERM')
   expect(await again.exited).toBe(0)
 }, 60_000)

@@ -138,8 +138,9 @@ const SNAPSHOT_KEY = 'v!usage-snapshot'
 /** s!<mailbox> → "messages,arriving,bytes": the usage counts written at a clean close. */
 const SNAPSHOT = 's!'
 export const MAILBOX_FORMAT = 2
-/** Envelopes moved per batch when migrating from format 1. */
+/** Envelopes, and bytes of them, moved per batch at most when migrating from format 1. */
 const MIGRATE_BATCH = 256
+const MIGRATE_BATCH_BYTES = 16 * 1024 * 1024
 
 const chunkKey = (mailbox: string, id: string, index: number): string => CHUNK + mailbox + '!' + id + '!' + pad(index, 8)
 const deliveryKey = (mailbox: string, id: string): string => DELIVERY + mailbox + '!' + id
@@ -642,8 +643,8 @@ export class MailboxStore {
 
   /**
    * Format 1 → 2: move each envelope's chunks under its mailbox and write
-   * its delivery and listing values, MIGRATE_BATCH envelopes per atomic
-   * batch (old keys deleted in the batch that writes the new ones), then
+   * its delivery and listing values, MIGRATE_BATCH envelopes (or
+   * MIGRATE_BATCH_BYTES) per atomic batch (old keys deleted in the batch that writes the new ones), then
    * record the format. A migration cut short (a crash, a kill) is taken up
    * again at the next open: moving an envelope already moved writes the
    * same keys again. Returns how many envelopes were looked at (0 when the
@@ -657,6 +658,7 @@ export class MailboxStore {
     if (!(format < MAILBOX_FORMAT)) throw new Error(`this relay store is in mailbox format ${stamp ? new TextDecoder().decode(stamp) : '?'}, written by a newer Chapar; this one reads formats up to ${MAILBOX_FORMAT}`)
     let moved = 0
     let batch: Array<[string, StoredMeta]> = []
+    let batchBytes = 0
     const flush = async (): Promise<void> => {
       const oldKeys: string[] = []
       const owners: Array<[string, StoredMeta, number]> = []
@@ -682,11 +684,14 @@ export class MailboxStore {
       await this.commit.write(ops)
       moved += batch.length
       batch = []
+      batchBytes = 0
       onProgress?.(moved)
     }
     for await (const [k, v] of scan(this.db, META)) {
-      batch.push([k.slice(META.length), parseJson<StoredMeta>(v)])
-      if (batch.length >= MIGRATE_BATCH) await flush()
+      const m = parseJson<StoredMeta>(v)
+      batch.push([k.slice(META.length), m])
+      batchBytes += m.size
+      if (batch.length >= MIGRATE_BATCH || batchBytes >= MIGRATE_BATCH_BYTES) await flush()
     }
     if (batch.length > 0) await flush()
     await this.commit.write([{ type: 'put', key: FORMAT_KEY, value: new TextEncoder().encode(String(MAILBOX_FORMAT)) }])

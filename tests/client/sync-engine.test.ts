@@ -9,6 +9,7 @@ import { generateIdentity } from '../../src/client/identity.js'
 import { jsonValue } from '../../src/queue/db.js'
 import { OutboxState } from '../../src/queue/outbox.js'
 import { connect, makeClient, makeRelay, syncWith, type TestClient, type Wire } from '../helpers/pair.js'
+import type { Relay } from '../../src/relay/relay-engine.js'
 
 const DAY = 24 * 3600_000
 
@@ -28,6 +29,26 @@ async function queue(from: TestClient, to: TestClient, text: string, extra: { fi
 
 async function reports(c: TestClient) {
   return (await c.outbox.list()).filter((r) => r.kind === 'report')
+}
+
+/** The relay's key for chunk 0 of envelope `id` (c!<mailbox>!<id>!<index>, src/queue/mailbox.ts): exactly one must exist. */
+async function chunk0Key(relay: Relay, id: string): Promise<string> {
+  const found: string[] = []
+  for await (const k of relay.store.db.keys({ gte: 'c!', lt: 'c!\xff' })) if (k.endsWith(`!${id}!${'0'.repeat(8)}`)) found.push(k)
+  expect(found, `chunk 0 of ${id} on the relay`).toHaveLength(1)
+  return found[0]!
+}
+
+/** Flip byte `at` of chunk 0 of `id` on the relay's disk; returns the original bytes. */
+async function corruptChunk0(relay: Relay, id: string, at: number): Promise<Uint8Array> {
+  const key = await chunk0Key(relay, id)
+  const stored = await relay.store.db.get(key)
+  expect(stored).toBeDefined()
+  const original = new Uint8Array(stored!) // a copy: Buffer#slice would be a view
+  const bad = original.slice()
+  bad[at] = bad[at]! ^ 0xff
+  await relay.store.db.put(key, bad)
+  return original
 }
 
 describe('sync engine against the relay engine', () => {
@@ -240,21 +261,15 @@ describe('sync engine against the relay engine', () => {
     const big = await queue(alice, bob, 'big', { file: new Uint8Array(3 * 64 * 1024).fill(9) })
     await connect(alice, relay, 'ws://r1').done
     // Flip a byte in chunk 0 of each, on the relay's disk.
-    const key = (id: string) => 'c!' + id + '!' + '0'.repeat(8)
     const originals = new Map<string, Uint8Array>()
-    for (const id of [small, big]) {
-      const data = new Uint8Array((await relay.store.db.get(key(id)))!) // a copy: Buffer#slice would be a view
-      originals.set(id, data.slice())
-      data[200] = data[200]! ^ 0xff
-      await relay.store.db.put(key(id), data)
-    }
+    for (const id of [small, big]) originals.set(id, await corruptChunk0(relay, id, 200))
     const first = await connect(bob, relay, 'ws://r1', { role: 'mailbox' }).done // ends: it does not spin on what it cannot take
     expect(first.rejected.map((r) => [r.id, r.code]).sort()).toEqual([[small, 'BAD_ENVELOPE'], [big, 'BAD_ENVELOPE']].sort())
     expect(await bob.inbox.items()).toEqual([])
     expect(await bob.inbox.quarantined()).toEqual([]) // not poisoned: the id was never proven
     expect(await bob.inbox.chunksHeld(big)).toEqual([])
     expect((await relay.store.stats()).messages).toBe(2) // no DONE
-    for (const [id, data] of originals) await relay.store.db.put(key(id), data)
+    for (const [id, data] of originals) await relay.store.db.put(await chunk0Key(relay, id), data)
     const second = await connect(bob, relay, 'ws://r1', { role: 'mailbox' }).done
     expect(second.rejected).toEqual([])
     expect((await bob.inbox.items()).map((i) => i.text).sort()).toEqual(['big', 'small'])
@@ -308,10 +323,7 @@ describe('sync engine against the relay engine', () => {
     const bob = await makeClient()
     const id = await queue(alice, bob, 'big', { file: new Uint8Array(6 * 64 * 1024).fill(5) })
     await Promise.all([connect(alice, rA, 'ws://a').done, connect(alice, rB, 'ws://b').done])
-    const key = 'c!' + id + '!' + '0'.repeat(8)
-    const bad = new Uint8Array((await rA.store.db.get(key))!)
-    bad[100] = bad[100]! ^ 0xff
-    await rA.store.db.put(key, bad)
+    await corruptChunk0(rA, id, 100)
     // A serves a couple of chunks (one of them corrupt), then hangs up.
     const putChunk = bob.inbox.putChunk.bind(bob.inbox)
     let n = 0

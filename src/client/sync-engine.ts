@@ -27,7 +27,7 @@
  */
 import { toHex, fromHex } from '../protocol/bytes.js'
 import type { Env, Link, TimerHandle } from '../protocol/env.js'
-import { Kind, MAX_ENVELOPE_BYTES, open, Priority } from '../protocol/envelope.js'
+import { Kind, MAX_ENVELOPE_BYTES, open, Priority, RECEIPT_TTL_MS } from '../protocol/envelope.js'
 import { ChaparError, ErrorCode, ProtocolError, RETRYABLE_CODES } from '../protocol/errors.js'
 import { formatAddress } from '../protocol/address.js'
 import {
@@ -74,12 +74,7 @@ export const POLL_INTERVAL_MS = 10_000
 /** While uploads are under way, newly queued envelopes are looked for this often. */
 export const RESCAN_BUSY_MS = 2_000
 const DEFER_MS = 500
-/**
- * A receipt's lifetime, the same for every receipt and rounded up to the
- * hour: were it the report's remaining lifetime, its expiry would equal the
- * report's to the millisecond and tell the relay who wrote which report.
- */
-export const RECEIPT_TTL_MS = 14 * 24 * 3600_000
+export { RECEIPT_TTL_MS }
 const HOUR_MS = 3600_000
 /** A download with no new chunk for this long gives up its lock if another session wants it (a relay trickling chunks must not hold a message hostage). */
 export const STALL_MS = 30_000

@@ -30,6 +30,12 @@ export const MAX_DATE_MS = 8.64e15
 export const MAX_TTL_MS = 30 * 24 * 3600_000
 /** What relays accept by default: MAX_TTL_MS plus room for a field device's clock running days fast. */
 export const RELAY_MAX_TTL_MS = MAX_TTL_MS + 5 * 24 * 3600_000
+/**
+ * A receipt's lifetime, the same for every receipt and rounded up to the
+ * hour: were it the report's remaining lifetime, its expiry would equal the
+ * report's to the millisecond and tell the relay who wrote which report.
+ */
+export const RECEIPT_TTL_MS = 14 * 24 * 3600_000
 export const MAX_TEXT_BYTES = 1024 * 1024
 export const MAX_FILE_NAME_BYTES = 1024
 /** Largest envelope anyone should accept: the biggest report plus headers. */

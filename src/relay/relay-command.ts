@@ -9,6 +9,7 @@ import { networkInterfaces } from 'node:os'
 import path from 'node:path'
 import { relayOrigin } from '../protocol/auth.js'
 import { systemEnv } from '../protocol/env.js'
+import { RECEIPT_TTL_MS } from '../protocol/envelope.js'
 import { InputError } from '../protocol/errors.js'
 import { CHUNK_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION } from '../protocol/frames.js'
 import { jsonValue, openDiskDb } from '../queue/db.js'
@@ -197,6 +198,10 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   const diskTimer = setInterval(() => void checkDisk(), DISK_CHECK_MS)
   diskTimer.unref()
 
+  if (config.maxTtl < RECEIPT_TTL_MS + 3600_000) {
+    // Receipts ask for 14 days (rounded up to the hour): a relay below that refuses every one, and senders never learn their reports arrived.
+    log.warn({ max_ttl_ms: config.maxTtl, receipt_ttl_ms: RECEIPT_TTL_MS }, 'maxTtl is under the 14 days receipts ask for: this relay will refuse every delivery receipt')
+  }
   const q = config.quotas
   const relay = new Relay(store, systemEnv, {
     maxEnvelope: config.maxEnvelope,

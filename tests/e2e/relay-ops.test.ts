@@ -103,6 +103,18 @@ describe('relay for operators', () => {
     expect(nobody.stderr).toMatch(/^chapar: no relay admin listener at http:\/\/127\.0\.0\.1:1 .*start the relay with --admin-port\n$/)
   })
 
+  it('warns at start when maxTtl is under the 14 days receipts ask for (and not at the 40 days above)', async () => {
+    expect(relay.lines.some((l) => l.includes('receipt'))).toBe(false)
+    const short = await startRelay(path.join(dir, 'short'), 0, ['--max-ttl', '7d'])
+    try {
+      const warning = short.lines.map((l) => JSON.parse(l)).find((l) => l.level === 'warn' && /refuse every delivery receipt/.test(l.msg))
+      expect(warning).toMatchObject({ max_ttl_ms: 7 * 86_400_000, receipt_ttl_ms: 14 * 86_400_000 })
+    } finally {
+      short.child.kill('SIGTERM')
+      await short.exited
+    }
+  })
+
   it('stops cleanly on SIGTERM', async () => {
     relay.child.kill('SIGTERM')
     expect(await relay.exited).toBe(0)

@@ -25,7 +25,7 @@
  *   x!<mailbox>!<received>!<id>      the mailbox's listing, oldest first; value: Listed
  *   e!<expires>!<id>                 expiry index (whole and arriving), for the sweep
  *   t!<id>, te!<until>!<id>          tombstone of a delivered id, and its expiry index
- *   v!mailbox-format                 "2"; absent on a store written before it (see migrate())
+ *   v!mailbox-format                 2; absent on a store written before it (see migrate())
  *   v!usage-snapshot, s!<mailbox>    usage counts saved at a clean close, read and deleted at the next open
  *
  * Format 1 (before 2026-12) kept chunks under c!<id>!<index> and served a
@@ -135,7 +135,7 @@ const TOMB_EXPIRY = 'te!'
 const FORMAT_KEY = 'v!mailbox-format'
 /** Present (with the count of s! entries) only between a clean close and the next open. */
 const SNAPSHOT_KEY = 'v!usage-snapshot'
-/** s!<mailbox> → "messages,arriving,bytes": the usage counts written at a clean close. */
+/** s!<mailbox> → [messages, arriving, bytes]: the usage counts written at a clean close. */
 const SNAPSHOT = 's!'
 export const MAILBOX_FORMAT = 2
 /** Envelopes, and bytes of them, moved per batch at most when migrating from format 1. */
@@ -146,6 +146,15 @@ const chunkKey = (mailbox: string, id: string, index: number): string => CHUNK +
 const deliveryKey = (mailbox: string, id: string): string => DELIVERY + mailbox + '!' + id
 const listKey = (mailbox: string, receivedAt: number, id: string): string => MBOX + mailbox + '!' + pad(receivedAt) + '!' + id
 const expiryKey = (expiresAt: number, id: string): string => EXPIRY + pad(expiresAt) + '!' + id
+
+/** A JSON value, or undefined if the bytes are not JSON (a damaged key is judged by the caller). */
+function parseJsonOr(b: Uint8Array): unknown {
+  try {
+    return parseJson<unknown>(b)
+  } catch {
+    return undefined
+  }
+}
 
 export class MailboxStore {
   private readonly partials = new Map<string, Partial>()
@@ -593,8 +602,8 @@ export class MailboxStore {
    */
   async saveUsage(): Promise<boolean> {
     if (this.busy > 0 || this.partials.size > this.durablePartials()) return false
-    const ops: BatchOp[] = [{ type: 'put', key: SNAPSHOT_KEY, value: new TextEncoder().encode(String(this.usage.size)) }]
-    for (const [mailbox, u] of this.usage) ops.push({ type: 'put', key: SNAPSHOT + mailbox, value: new TextEncoder().encode(`${u.messages},${u.arriving},${u.bytes}`) })
+    const ops: BatchOp[] = [{ type: 'put', key: SNAPSHOT_KEY, value: jsonValue(this.usage.size) }]
+    for (const [mailbox, u] of this.usage) ops.push({ type: 'put', key: SNAPSHOT + mailbox, value: jsonValue([u.messages, u.arriving, u.bytes]) })
     this.closed = true
     try {
       await this.commit.write(ops)
@@ -623,21 +632,20 @@ export class MailboxStore {
    */
   private async loadSnapshot(): Promise<boolean> {
     const marker = await this.db.get(SNAPSHOT_KEY)
-    const entries: Array<[string, Usage]> = []
+    const entries: Array<[string, unknown]> = []
     const ops: BatchOp[] = []
     for await (const [k, v] of scan(this.db, SNAPSHOT)) {
       ops.push({ type: 'del', key: k })
-      const [messages, arriving, bytes] = new TextDecoder().decode(v).split(',').map(Number)
-      entries.push([k.slice(SNAPSHOT.length), { messages: messages!, arriving: arriving!, bytes: bytes! }])
+      entries.push([k.slice(SNAPSHOT.length), parseJsonOr(v)])
     }
     if (!marker && ops.length === 0) return false
     ops.push({ type: 'del', key: SNAPSHOT_KEY })
     await this.commit.write(ops)
-    const valid = marker && Number(new TextDecoder().decode(marker)) === entries.length && entries.every(([, u]) => [u.messages, u.arriving, u.bytes].every((n) => Number.isSafeInteger(n) && n >= 0))
-    if (!valid) return false
+    const counts = (x: unknown): x is [number, number, number] => Array.isArray(x) && x.length === 3 && x.every((n) => Number.isSafeInteger(n) && n >= 0)
+    if (!marker || parseJsonOr(marker) !== entries.length || !entries.every(([, u]) => counts(u))) return false
     this.usage.clear()
     this.total.messages = this.total.arriving = this.total.bytes = 0
-    for (const [mailbox, u] of entries) this.account(mailbox, u.messages, u.arriving, u.bytes)
+    for (const [mailbox, u] of entries) this.account(mailbox, ...(u as [number, number, number]))
     return true
   }
 
@@ -653,9 +661,9 @@ export class MailboxStore {
    */
   private async migrate(onProgress?: (moved: number) => void): Promise<number> {
     const stamp = await this.db.get(FORMAT_KEY)
-    const format = stamp ? Number(new TextDecoder().decode(stamp)) : 1
+    const format = stamp ? parseJsonOr(stamp) : 1
     if (format === MAILBOX_FORMAT) return 0
-    if (!(format < MAILBOX_FORMAT)) throw new Error(`this relay store is in mailbox format ${stamp ? new TextDecoder().decode(stamp) : '?'}, written by a newer Chapar; this one reads formats up to ${MAILBOX_FORMAT}`)
+    if (!(typeof format === 'number' && format < MAILBOX_FORMAT)) throw new Error(`this relay store is in mailbox format ${JSON.stringify(format)}, written by a newer Chapar; this one reads formats up to ${MAILBOX_FORMAT}`)
     let moved = 0
     let batch: Array<[string, StoredMeta]> = []
     let batchBytes = 0
@@ -694,7 +702,7 @@ export class MailboxStore {
       if (batch.length >= MIGRATE_BATCH || batchBytes >= MIGRATE_BATCH_BYTES) await flush()
     }
     if (batch.length > 0) await flush()
-    await this.commit.write([{ type: 'put', key: FORMAT_KEY, value: new TextEncoder().encode(String(MAILBOX_FORMAT)) }])
+    await this.commit.write([{ type: 'put', key: FORMAT_KEY, value: jsonValue(MAILBOX_FORMAT) }])
     return moved
   }
 

@@ -197,9 +197,9 @@ export function listenAdmin(deps: AdminDeps, options: { host: string; port: numb
               const key = url.searchParams.get('key') ?? ''
               const changed = await deps.access.set(list, key, present)
               // A ban also closes the key's open connections (access.set has checked the key).
-              const disconnected = verb === 'ban' ? deps.relay.disconnectKey(parseKey(key)) : 0
-              deps.log?.info({ action: verb, changed, ...(verb === 'ban' ? { disconnected } : {}) }, 'access list changed')
-              return json(res, 200, { changed, ...(verb === 'ban' ? { disconnected } : {}), ...deps.access.view() })
+              const cut = verb === 'ban' ? { disconnected: deps.relay.disconnectKey(parseKey(key)) } : {}
+              deps.log?.info({ action: verb, changed, ...cut }, 'access list changed')
+              return json(res, 200, { changed, ...cut, ...deps.access.view() })
             } catch (err) {
               if (err instanceof ChaparError) return json(res, 400, { error: 'bad-request', message: err.message })
               throw err

@@ -493,7 +493,7 @@ function runMailboxTests(name: string, openDb: OpenDb): void {
         expect(await store.saveUsage()).toBe(false)
         await pending
         expect(await store.saveUsage()).toBe(true)
-        await h.db.put('s!' + 'ab'.repeat(32), new TextEncoder().encode('1,0,5')) // one entry more than the marker says
+        await h.db.put('s!' + 'ab'.repeat(32), new TextEncoder().encode('[1,0,5]')) // one entry more than the marker says
         const r = await reopened()
         expect(r).toMatchObject({ how: 'scan', total: { messages: 1, arriving: 0, bytes: s1.envelope.length } })
         expect(await keysUnder(h.db, 's!')).toEqual([])
